@@ -1,0 +1,44 @@
+"""What the write side needs from infrastructure, declared here and implemented there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+from uuid import UUID
+
+from domain.values import MessageFacts
+
+
+@dataclass(frozen=True)
+class IndexedMessage:
+    """One row of the message index, written in the same transaction as the message's event."""
+
+    message_id: UUID
+    conversation_id: UUID
+    sender_id: str
+    seq: int
+    originator_version: int  # the conversation version of its MessageSent event
+    client_message_id: str | None
+    deleted: bool = False
+
+    def facts(self) -> MessageFacts:
+        return MessageFacts(self.message_id, self.conversation_id, self.sender_id, self.seq, self.deleted)
+
+
+@dataclass
+class MessageIndexChanges:
+    """Index rows to write with one transaction's events (passed to `Application.save`)."""
+
+    added: list[IndexedMessage] = field(default_factory=list)
+    deleted: list[UUID] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.deleted)
+
+
+@runtime_checkable
+class MessageIndex(Protocol):
+    """Strongly consistent lookups of message facts (implemented by the event store recorder)."""
+
+    def lookup_messages(self, message_ids: Iterable[UUID]) -> dict[UUID, IndexedMessage]: ...

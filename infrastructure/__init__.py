@@ -1,0 +1,1 @@
+"""Adapters to the outside world: settings, Postgres, Redis, embedded servers, JWT."""

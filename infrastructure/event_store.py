@@ -1,0 +1,96 @@
+"""The Postgres event store: `eventsourcing`'s application recorder plus a message index.
+
+The message index maps each message id to the facts the write side needs to authorise later
+commands on it (conversation, sender, seq, deleted) and to answer retries idempotently. It is
+written by `_insert_events`, i.e. in the same transaction as the events and before the
+library's table lock, so it is exactly as consistent as the log itself: a command that reads
+it and then commits can be contradicted only by another commit to the same conversation, which
+optimistic concurrency on the conversation's version detects.
+
+The library's own recorder test cases run against this class
+(tests/integration/test_event_store_recorder.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+from application.ports import IndexedMessage, MessageIndexChanges
+
+
+class MessagingRecorder(PostgresApplicationRecorder):
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events") -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.message_index_table = events_table_name.removesuffix("_events") + "_message_index"
+        table = SQL("{}.{}").format(Identifier(datastore.schema), Identifier(self.message_index_table))
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {table} ("
+                " message_id uuid PRIMARY KEY,"
+                " conversation_id uuid NOT NULL,"
+                " sender_id text NOT NULL,"
+                " seq bigint NOT NULL,"
+                " originator_version bigint NOT NULL,"
+                " client_message_id text,"
+                " deleted boolean NOT NULL DEFAULT false)"
+            ).format(table=table)
+        )
+        self._insert_index_sql = SQL(
+            "INSERT INTO {table} (message_id, conversation_id, sender_id, seq, originator_version,"
+            " client_message_id) VALUES (%s, %s, %s, %s, %s, %s)"
+        ).format(table=table)
+        self._mark_deleted_sql = SQL("UPDATE {table} SET deleted = true WHERE message_id = %s").format(table=table)
+        self._lookup_sql = SQL(
+            "SELECT message_id, conversation_id, sender_id, seq, originator_version, client_message_id,"
+            " deleted FROM {table} WHERE message_id = ANY(%s)"
+        ).format(table=table)
+
+    def _insert_events(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        *,
+        message_index: MessageIndexChanges | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super()._insert_events(curs, stored_events, **kwargs)
+        if message_index is None:
+            return
+        if message_index.added:
+            curs.executemany(
+                self._insert_index_sql,
+                [
+                    (m.message_id, m.conversation_id, m.sender_id, m.seq, m.originator_version, m.client_message_id)
+                    for m in message_index.added
+                ],
+            )
+        if message_index.deleted:
+            curs.executemany(self._mark_deleted_sql, [(message_id,) for message_id in message_index.deleted])
+
+    def lookup_messages(self, message_ids: Iterable[UUID]) -> dict[UUID, IndexedMessage]:
+        ids = list(set(message_ids))
+        if not ids:
+            return {}
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._lookup_sql, (ids,), prepare=True)
+            rows = curs.fetchall()
+        return {
+            row["message_id"]: IndexedMessage(
+                message_id=row["message_id"],
+                conversation_id=row["conversation_id"],
+                sender_id=row["sender_id"],
+                seq=row["seq"],
+                originator_version=row["originator_version"],
+                client_message_id=row["client_message_id"],
+                deleted=row["deleted"],
+            )
+            for row in rows
+        }
