@@ -1,0 +1,36 @@
+"""What the interfaces need at run time, filled in by the composition root at start-up.
+
+The interfaces never import infrastructure: they receive callables and services here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from application.service import MessagingService
+
+Probe = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class Runtime:
+    role: str
+    is_development: bool
+    cors_origin: str | None
+    service: MessagingService | None = None
+    authenticate: Callable[[str], str | None] | None = None
+    probes: dict[str, Probe] = field(default_factory=dict)
+    writer_stats: Callable[[], dict[str, Any]] | None = None
+
+    def attach(self, **dependencies: Any) -> None:
+        for name, value in dependencies.items():
+            if not hasattr(self, name):
+                raise AttributeError(f"Runtime has no dependency {name!r}")
+            setattr(self, name, value)
+
+    def user_for_token(self, token: str | None) -> str | None:
+        if not token or self.authenticate is None:
+            return None
+        return self.authenticate(token)
