@@ -109,4 +109,7 @@ def conversation_record(conversation: Conversation) -> ConversationRecord:
         last_seq=conversation.last_seq,
         created_at=conversation.created_on,
         updated_at=conversation.modified_on,
+        read_up_to=dict(conversation.read_up_to),
+        delivered_up_to=dict(conversation.delivered_up_to),
+        inactive_ids=tuple(sorted(user for user, active in conversation.active.items() if not active)),
     )

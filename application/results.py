@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 from uuid import UUID
@@ -21,6 +21,9 @@ class ConversationRecord:
     last_seq: int
     created_at: datetime
     updated_at: datetime
+    read_up_to: dict[str, int] = field(default_factory=dict)
+    delivered_up_to: dict[str, int] = field(default_factory=dict)
+    inactive_ids: tuple[str, ...] = ()  # people who left a group (kept for their history)
 
 
 @dataclass(frozen=True)

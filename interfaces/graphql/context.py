@@ -1,0 +1,39 @@
+"""Per-request GraphQL context: the runtime and the authenticated user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from application.service import MessagingService
+from interfaces.errors import AuthenticationError, BadRequestError, InterfaceError
+from interfaces.runtime import Runtime
+
+
+@dataclass
+class RequestContext:
+    runtime: Runtime
+    user_id: str | None
+
+    def require_user(self) -> str:
+        if self.user_id is None:
+            raise AuthenticationError("a valid bearer token is required")
+        return self.user_id
+
+    @property
+    def service(self) -> MessagingService:
+        if self.runtime.service is None:
+            raise InterfaceError("this node does not accept commands (role without a writer)")
+        return self.runtime.service
+
+
+def context_of(ctx: dict[str, Any]) -> RequestContext:
+    return ctx["request_context"]
+
+
+def parse_id(raw: Any, field: str) -> UUID:
+    try:
+        return UUID(str(raw))
+    except ValueError:
+        raise BadRequestError(f"{field} is not a valid id") from None

@@ -1,0 +1,47 @@
+"""The Starlette application: routes and middleware; dependencies arrive in a `Runtime`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+from tartiflette import Engine
+
+from interfaces.graphql.engine import build_engine
+from interfaces.http.graphql_endpoint import graphql_endpoint
+from interfaces.http.health import health_endpoint
+from interfaces.runtime import Runtime
+
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
+
+
+def build_http_app(runtime: Runtime, lifespan: Lifespan) -> Starlette:
+    engine_holder: dict[str, Engine] = {}
+
+    @asynccontextmanager
+    async def app_lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine_holder["engine"] = await build_engine()
+        async with lifespan(app):
+            yield
+
+    middleware: list[Middleware] = []
+    if runtime.cors_origin:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=[runtime.cors_origin],
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type"],
+                allow_credentials=True,
+            )
+        )
+    routes: list[Any] = [
+        Route("/health", health_endpoint(runtime), methods=["GET"]),
+        Route("/graphql", graphql_endpoint(runtime, engine_holder), methods=["POST"]),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=app_lifespan)
