@@ -21,6 +21,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import (
     InvalidParticipantsError,
+    MessageNotFoundError,
     MessageDeletedError,
     NotMessageSenderError,
     NotParticipantError,
@@ -34,6 +35,7 @@ from domain.values import (
     MessageType,
     check_user_id,
     normalise_content,
+    normalise_item_id,
 )
 
 TWO_PARTY_TYPES = (ConversationType.DIRECT, ConversationType.ITEM)
@@ -117,13 +119,12 @@ class Conversation(Aggregate, created_event_name="ConversationStarted"):
     ) -> Conversation:
         """Start a conversation; the actor is always one of its participants."""
         participants = check_participant_set(conversation_type, participant_ids | {actor_id})
-        title = title.strip() if title else None
+        title = (title or "").strip() or None
         if title and len(title) > MAX_TITLE_CHARS:
             raise InvalidParticipantsError(f"title must be at most {MAX_TITLE_CHARS} characters")
-        if conversation_type is ConversationType.ITEM and not (item_id and item_id.strip()):
+        item_id = normalise_item_id(item_id) if conversation_type is ConversationType.ITEM else None
+        if conversation_type is ConversationType.ITEM and item_id is None:
             raise InvalidParticipantsError("an ITEM conversation needs an itemId")
-        if conversation_type is not ConversationType.ITEM:
-            item_id = None
         return cls._create(
             cls.ConversationStarted,
             id=conversation_id,
@@ -317,7 +318,7 @@ class Conversation(Aggregate, created_event_name="ConversationStarted"):
     def _require_own_live_message(self, actor_id: str, message: MessageFacts) -> None:
         self._require_active(actor_id)
         if message.conversation_id != self.id:
-            raise UnknownParentMessageError("the message belongs to another conversation")
+            raise MessageNotFoundError("no such message in this conversation")
         if message.sender_id != actor_id:
             raise NotMessageSenderError("only the sender may change a message")
         if message.deleted:

@@ -95,8 +95,14 @@ def conversation_id_for(
     again must find the existing one, so their id is derived from what makes them unique."""
     if conversation_type is ConversationType.GROUP:
         return uuid4()
-    key = "\x00".join([conversation_type.value, item_id or "", *sorted(participant_ids)])
+    item_key = normalise_item_id(item_id) if conversation_type is ConversationType.ITEM else None
+    key = "\x00".join([conversation_type.value, item_key or "", *sorted(participant_ids)])
     return uuid5(_ID_NAMESPACE, key)
+
+
+def normalise_item_id(item_id: str | None) -> str | None:
+    """Item ids are compared trimmed: " item-42" and "item-42" are the same listing."""
+    return item_id.strip() or None if item_id else None
 
 
 def message_id_for(conversation_id: UUID, sender_id: str, client_message_id: str | None) -> UUID:
