@@ -129,7 +129,8 @@ def table_lines(entries: Iterable[AuditEntry]) -> list[str]:
 def summarise(data: dict[str, Any]) -> str:
     """`key=value` pairs; values as JSON, so newlines and quotes in content stay on one line."""
     # Fields that are None (no parent, no client id, no title) are the common case: only noise.
-    text = " ".join(f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in data.items() if value is not None)
+    pairs = (f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in data.items() if value is not None)
+    text = " ".join(pairs)
     if len(text) > SUMMARY_MAX_CHARS:
         return text[: SUMMARY_MAX_CHARS - 1] + "…"
     return text

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 from uuid import UUID, uuid4
@@ -41,7 +42,9 @@ def story_events() -> list[Any]:
     conversation.edit_message(ALICE, facts, "hello")
     conversation.mark_read(BOB)
     conversation.delete_message(ALICE, facts)
-    return list(conversation.collect_events())
+    # One second apart: the clock may give several events the same microsecond, time filters need order.
+    events = conversation.collect_events()
+    return [replace(event, timestamp=AT + timedelta(seconds=i)) for i, event in enumerate(events)]
 
 
 def entry(**changes: Any) -> AuditEntry:
