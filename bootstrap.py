@@ -34,7 +34,7 @@ ROLES = ("all", "api", "projector", "push")
 class Container:
     settings: Settings
     database_url: str
-    redis_url: str
+    redis_url: str | None
     app: MessagingApplication
     jwt: JwtCodec
     writer: GroupCommitWriter | None = None
@@ -50,7 +50,7 @@ class Container:
         self._embedded.clear()
 
 
-def resolve_servers(settings: Settings) -> tuple[str, str, list[Any]]:
+def resolve_servers(settings: Settings, *, need_redis: bool = True) -> tuple[str, str | None, list[Any]]:
     """External URLs when configured, otherwise embedded servers in the data dir."""
     embedded: list[Any] = []
     database_url = settings.database_url
@@ -59,15 +59,15 @@ def resolve_servers(settings: Settings) -> tuple[str, str, list[Any]]:
         database_url = postgres.start()
         embedded.append(postgres)
     redis_url = settings.effective_redis_url
-    if not redis_url:
+    if not redis_url and need_redis:
         redis_server = EmbeddedRedis(settings.data_dir)
         redis_url = redis_server.start()
         embedded.append(redis_server)
     return database_url, redis_url, embedded
 
 
-def build(settings: Settings, *, with_writer: bool = True) -> Container:
-    database_url, redis_url, embedded = resolve_servers(settings)
+def build(settings: Settings, *, with_writer: bool = True, need_redis: bool = True) -> Container:
+    database_url, redis_url, embedded = resolve_servers(settings, need_redis=need_redis)
     try:
         app = MessagingApplication(env=parse_database_url(database_url).eventsourcing_env())
     except Exception:
@@ -98,6 +98,7 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         container = build(settings, with_writer=role in ("all", "api"))
+        assert container.redis_url is not None
         redis_client = aioredis.from_url(container.redis_url)
         runtime.attach(
             service=container.service,
@@ -144,7 +145,7 @@ def _mint_token(settings: Settings, user_id: str, ttl_s: int) -> str:
 @contextmanager
 def _open_log(settings: Settings) -> Iterator[MessagingApplication]:
     """The event store alone (no writer), for audit and replay scripts."""
-    container = build(settings, with_writer=False)
+    container = build(settings, with_writer=False, need_redis=False)
     try:
         yield container.app
     finally:

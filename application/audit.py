@@ -5,20 +5,18 @@ entry's `position` is its notification id, so every answer can be checked agains
 
 Access paths (the events table has one index, the primary key `(originator_id, version)`, and
 keeps timestamps and actors inside the serialised state, so no SQL filter exists for them):
-- a conversation: its events come from the event store by primary key, already filtered; the
-  notification log is then walked only to attach positions, without decoding, and only as far
-  as the last matching event;
+- a conversation: its notifications, read by primary key (`ConversationLog` port);
 - a message: the message index names its conversation and the version it was sent at, so only
-  that conversation's tail is read, the walk is narrowed to message topics, and it ends at the
-  message's deletion (nothing can follow it);
-- anything else (actor, time range): one decoding pass over the log.
+  that conversation's tail is read, and reading ends at the message's deletion;
+- anything else (actor, time range): one decoding pass over the log (an audit-index read
+  model is the answer once logs grow past what a scan at ~35k events/s serves).
 Every query is bounded by the log's high-water mark taken when it starts, so it describes one
 moment and ends even while writers keep appending.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from itertools import islice
@@ -26,11 +24,10 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Notification
-from eventsourcing.utils import get_topic
 
 from application.errors import ApplicationError
 from application.messaging import MessagingApplication
-from domain.conversation import Conversation, event_actor
+from domain.conversation import event_actor
 
 # ~0.1 s of rows at the measured 60k rows/s: long enough to amortise the round trip, small
 # enough that one page of message-sized rows stays a few MB in memory.
@@ -39,8 +36,6 @@ PAGE_SIZE = 5000
 # Said by `AuditEntry.type`, `position`, `conversation_id`, `actor` and `at`, or pure bookkeeping.
 ENVELOPE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp", "actor_id", "originator_topic"})
 
-MESSAGE_EVENTS = (Conversation.MessageSent, Conversation.MessageEdited, Conversation.MessageDeleted)
-MESSAGE_TOPICS = tuple(get_topic(cls) for cls in MESSAGE_EVENTS)
 
 
 class InvalidAuditQueryError(ApplicationError):
@@ -103,15 +98,15 @@ class AuditLog:
         if query.message_id is not None:
             entries = self._message_entries(query, stop)
         elif query.conversation_id is not None:
-            entries = self._conversation_entries(query.conversation_id, query, stop)
+            entries = self._entries(self._conversation_notifications(query.conversation_id, stop), query)
         else:
-            entries = self._log_entries(query, stop)
+            entries = self._entries(self._log_notifications(stop), query)
         return islice(entries, query.limit)
 
     # ---- access paths ----------------------------------------------------------------------
 
-    def _log_entries(self, query: AuditQuery, stop: int) -> Iterator[AuditEntry]:
-        for notification in self._notifications(stop):
+    def _entries(self, notifications: Iterable[Notification], query: AuditQuery) -> Iterator[AuditEntry]:
+        for notification in notifications:
             event = self.app.mapper.to_domain_event(notification)
             if query.matches(event):
                 yield audit_entry(notification.id, event)
@@ -121,76 +116,40 @@ class AuditLog:
         indexed = self.app.lookup_messages([query.message_id]).get(query.message_id)
         if indexed is None:
             return iter(())
-        events = _through_deletion(
-            self._conversation_events(indexed.conversation_id, after_version=indexed.originator_version - 1),
-            query.message_id,
+        # The history starts at the MessageSent event, whose version the index records.
+        notifications = self._conversation_notifications(
+            indexed.conversation_id, stop, after_version=indexed.originator_version - 1
         )
-        return self._conversation_entries(indexed.conversation_id, query, stop, events, topics=MESSAGE_TOPICS)
-
-    def _conversation_entries(
-        self,
-        conversation_id: UUID,
-        query: AuditQuery,
-        stop: int,
-        events: Iterable[Any] | None = None,
-        topics: Sequence[str] = (),
-    ) -> Iterator[AuditEntry]:
-        if query.conversation_id not in (None, conversation_id):
-            return  # a message of another conversation than the one asked for
-        if events is None:
-            events = self._conversation_events(conversation_id)
-        positions = _Positions(
-            n for n in self._notifications(stop, topics) if n.originator_id == conversation_id
-        )
-        for event in events:
-            if not query.matches(event):
-                continue
-            position = positions.position_of(event.originator_version)
-            if position is None:
-                return  # appended after this query started
-            yield audit_entry(position, event)
+        return _through_deletion(self._entries(notifications, query), query.message_id)
 
     # ---- paging ----------------------------------------------------------------------------
 
-    def _notifications(self, stop: int, topics: Sequence[str] = ()) -> Iterator[Notification]:
+    def _log_notifications(self, stop: int) -> Iterator[Notification]:
         start = 1
         while start <= stop:
-            page = self.app.recorder.select_notifications(start, PAGE_SIZE, stop=stop, topics=topics)
+            page = self.app.recorder.select_notifications(start, PAGE_SIZE, stop=stop)
             yield from page
             if len(page) < PAGE_SIZE:
                 return
             start = page[-1].id + 1
 
-    def _conversation_events(self, conversation_id: UUID, after_version: int = 0) -> Iterator[Any]:
+    def _conversation_notifications(self, conversation_id: UUID, stop: int, after_version: int = 0) -> Iterator[Notification]:
         while True:
-            page = list(self.app.events.get(conversation_id, gt=after_version, limit=PAGE_SIZE))
-            yield from page
+            page = self.app.conversation_log.select_conversation_notifications(conversation_id, after_version, PAGE_SIZE)
+            for notification in page:
+                if notification.id > stop:
+                    return  # appended after this query started
+                yield notification
             if len(page) < PAGE_SIZE:
                 return
             after_version = page[-1].originator_version
 
 
-class _Positions:
-    """Hands out the positions of one conversation's events, walking its notifications once."""
-
-    def __init__(self, notifications: Iterator[Notification]) -> None:
-        self._notifications = notifications
-
-    def position_of(self, version: int) -> int | None:
-        """Callers ask in ascending version order, as the log stores them."""
-        for notification in self._notifications:
-            if notification.originator_version == version:
-                return notification.id
-            if notification.originator_version > version:
-                raise ApplicationError(f"version {version} is in the event store but not in the notification log")
-        return None
-
-
-def _through_deletion(events: Iterable[Any], message_id: UUID) -> Iterator[Any]:
+def _through_deletion(entries: Iterable[AuditEntry], message_id: UUID) -> Iterator[AuditEntry]:
     """A deleted message can be neither edited nor deleted again: its history ends there."""
-    for event in events:
-        yield event
-        if isinstance(event, Conversation.MessageDeleted) and event.message_id == message_id:
+    for entry in entries:
+        yield entry
+        if entry.type == "MessageDeleted" and entry.data.get("message_id") == str(message_id):
             return
 
 

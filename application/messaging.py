@@ -13,7 +13,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 
-from application.ports import IndexedMessage, MessageIndex
+from application.ports import ConversationLog, IndexedMessage, MessageIndex
 from application.results import ConversationRecord, MessageRecord
 from domain.conversation import Conversation
 from domain.errors import ConversationNotFoundError, MessageNotFoundError
@@ -40,9 +40,10 @@ class MessagingApplication(Application[UUID]):
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env=env)
-        if not isinstance(self.recorder, MessageIndex):
-            raise TypeError("the Messaging event store must provide a message index")
+        if not isinstance(self.recorder, MessageIndex) or not isinstance(self.recorder, ConversationLog):
+            raise TypeError("the Messaging event store must provide a message index and conversation log")
         self.message_index: MessageIndex = self.recorder
+        self.conversation_log: ConversationLog = self.recorder
 
     def get_conversation(self, conversation_id: UUID) -> Conversation:
         try:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
+from eventsourcing.persistence import Notification
+
 from domain.values import MessageFacts
 
 
@@ -42,3 +44,13 @@ class MessageIndex(Protocol):
     """Strongly consistent lookups of message facts (implemented by the event store recorder)."""
 
     def lookup_messages(self, message_ids: Iterable[UUID]) -> dict[UUID, IndexedMessage]: ...
+
+
+@runtime_checkable
+class ConversationLog(Protocol):
+    """One conversation's notifications (position, version, topic, state) in version order,
+    read by the events table's primary key rather than by scanning the whole log."""
+
+    def select_conversation_notifications(
+        self, conversation_id: UUID, after_version: int = 0, limit: int = 1000
+    ) -> list[Notification]: ...

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import Cursor
 from psycopg.rows import DictRow
@@ -48,6 +48,10 @@ class MessagingRecorder(PostgresApplicationRecorder):
             " client_message_id) VALUES (%s, %s, %s, %s, %s, %s)"
         ).format(table=table)
         self._mark_deleted_sql = SQL("UPDATE {table} SET deleted = true WHERE message_id = %s").format(table=table)
+        self._conversation_notifications_sql = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM {events}"
+            " WHERE originator_id = %s AND originator_version > %s ORDER BY originator_version LIMIT %s"
+        ).format(events=SQL("{}.{}").format(Identifier(datastore.schema), Identifier(self.events_table_name)))
         self._lookup_sql = SQL(
             "SELECT message_id, conversation_id, sender_id, seq, originator_version, client_message_id,"
             " deleted FROM {table} WHERE message_id = ANY(%s)"
@@ -94,3 +98,19 @@ class MessagingRecorder(PostgresApplicationRecorder):
             )
             for row in rows
         }
+
+    def select_conversation_notifications(
+        self, conversation_id: UUID, after_version: int = 0, limit: int = 1000
+    ) -> list[Notification]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._conversation_notifications_sql, (conversation_id, after_version, limit), prepare=True)
+            return [
+                Notification(
+                    id=row["notification_id"],
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]

@@ -40,14 +40,7 @@ def add_audit_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 def run_audit(args: argparse.Namespace, app: MessagingApplication, out: TextIO, err: TextIO | None = None) -> int:
     err = err or sys.stderr  # resolved per call, so a redirected or captured stderr is honoured
     try:
-        query = AuditQuery(
-            conversation_id=args.conversation,
-            actor=args.actor,
-            message_id=args.message,
-            since=args.since,
-            until=args.until,
-            limit=args.limit,
-        )
+        query = audit_query(args)
     except InvalidAuditQueryError as error:
         err.write(f"loopify audit: error: {error}\n")
         return USAGE_ERROR
@@ -59,6 +52,22 @@ def run_audit(args: argparse.Namespace, app: MessagingApplication, out: TextIO, 
         out.writelines(line + "\n" for line in table_lines(entries))
     out.flush()
     return 0
+
+
+def audit_query(args: argparse.Namespace) -> AuditQuery:
+    """The query the arguments ask for; raises `InvalidAuditQueryError` for an empty time range.
+
+    Callers may run it before opening the event store, so a contradictory range is refused
+    without starting a database.
+    """
+    return AuditQuery(
+        conversation_id=args.conversation,
+        actor=args.actor,
+        message_id=args.message,
+        since=args.since,
+        until=args.until,
+        limit=args.limit,
+    )
 
 
 # ---- argument types --------------------------------------------------------------------------

@@ -56,8 +56,13 @@ def main(argv: Sequence[str] | None, wiring: CliWiring) -> int:
         print(wiring.mint_token(settings, args.user_id, args.ttl))
         return 0
     if args.command == "audit":
-        from interfaces.audit_cli import run_audit
+        from interfaces.audit_cli import USAGE_ERROR, InvalidAuditQueryError, audit_query, run_audit
 
+        try:
+            audit_query(args)  # refuse a contradictory query before starting any database
+        except InvalidAuditQueryError as error:
+            print(f"loopify audit: error: {error}", file=sys.stderr)
+            return USAGE_ERROR
         with wiring.open_log(settings) as app:
             return run_audit(args, app, sys.stdout)
     raise AssertionError(f"unhandled command {args.command}")

@@ -22,6 +22,7 @@ from domain.values import ConversationType, MessageFacts
 from interfaces.audit_cli import (
     SUMMARY_MAX_CHARS,
     add_audit_parser,
+    audit_query,
     json_line,
     run_audit,
     summarise,
@@ -223,6 +224,16 @@ class TestArguments:
         assert args.until == datetime(2026, 11, 28, tzinfo=timezone.utc)
         assert args.limit == 20
         assert args.json is True
+
+    def test_the_filters_become_one_query(self) -> None:
+        args = parse("--conversation", str(CONVERSATION_ID), "--actor", ALICE, "--since", "2026-11-27", "--limit", "5")
+
+        assert audit_query(args) == AuditQuery(
+            conversation_id=CONVERSATION_ID,
+            actor=ALICE,
+            since=datetime(2026, 11, 27, tzinfo=timezone.utc),
+            limit=5,
+        )
 
     def test_no_options_mean_the_whole_log_as_a_table(self) -> None:
         args = parse()
