@@ -45,8 +45,12 @@ from domain.errors import DomainError
 log = logging.getLogger(__name__)
 
 MAX_BATCH_COMMANDS = 500  # bounds one transaction's size and the latency of its last command
-MAX_CONFLICT_RETRIES = 5  # a hot group chat written by several nodes; beyond this, give up loudly
-CONFLICT_BACKOFF_S = 0.005  # jittered, so two nodes that collided don't collide again in step
+# A hot conversation written by several nodes: the other node may commit every few ms, so a
+# reloaded aggregate can be stale again by the time it is saved. Exponential, jittered backoff
+# lets the loser slip between the winner's commits; 30 tries span several seconds.
+MAX_CONFLICT_RETRIES = 30
+CONFLICT_BACKOFF_S = 0.002  # first wait; doubles per attempt up to the cap
+CONFLICT_BACKOFF_CAP_S = 0.25
 
 
 @dataclass
@@ -173,7 +177,8 @@ class GroupCommitWriter:
                 return
             except (IntegrityError, PollutedAggregateError):
                 self.stats.conflicts += 1
-                time.sleep(CONFLICT_BACKOFF_S * (attempt + 1) * random.random())
+                self.cache.evict([_conversation_of(pending.command)])
+                time.sleep(min(CONFLICT_BACKOFF_CAP_S, CONFLICT_BACKOFF_S * 2**attempt) * random.random())
             except Exception as error:
                 _fail(pending, error)
                 return
@@ -182,7 +187,8 @@ class GroupCommitWriter:
     def _commit(self, batch: list[_Pending]) -> None:
         """Decide every command of the batch, then save all their events in one transaction."""
         prefetch = message_ids_to_prefetch([p.command for p in batch])
-        uow = UnitOfWork(self.app, self.cache, self.app.lookup_messages(prefetch) if prefetch else None)
+        known = self.app.lookup_messages(prefetch) if prefetch else {}
+        uow = UnitOfWork(self.app, self.cache, known, looked_up=prefetch)
         decided: list[tuple[_Pending, Outcome]] = []
         refused: list[tuple[_Pending, DomainError]] = []
         try:
@@ -229,6 +235,10 @@ class GroupCommitWriter:
                     self.app.take_snapshot_of(conversation)
                 except Exception:  # a snapshot is only a cache: log, never fail the batch
                     log.exception("snapshot of %s failed", conversation_id)
+
+
+def _conversation_of(command: Command) -> Any:
+    return getattr(command, "conversation_id", None)
 
 
 def _resolve(pending: _Pending, result: CommandResult[Any]) -> None:

@@ -76,6 +76,7 @@ class UnitOfWork:
         app: MessagingApplication,
         cache: AggregateCache,
         known_messages: dict[UUID, IndexedMessage] | None = None,
+        looked_up: set[UUID] | None = None,
     ) -> None:
         self.app = app
         self.cache = cache
@@ -84,7 +85,8 @@ class UnitOfWork:
         self.index_changes = MessageIndexChanges()
         self.events: list[DomainEventProtocol[UUID]] = []
         self._messages: dict[UUID, IndexedMessage] = dict(known_messages or {})
-        self._looked_up: set[UUID] = set(self._messages)
+        # Ids already asked of the index, found or not: a new clientMessageId is not asked twice.
+        self._looked_up: set[UUID] = set(self._messages) | set(looked_up or ())
         self._sent_in_batch: dict[UUID, tuple[MessageRecord, DomainEventProtocol[UUID]]] = {}
         self._current: set[UUID] = set()
 

@@ -28,6 +28,10 @@ from application.ports import IndexedMessage, MessageIndexChanges
 
 class MessagingRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events") -> None:
+        if datastore.enable_db_functions:
+            # The library's database-function path skips `_insert_events` (so the message index)
+            # and takes no table lock (so subscribers can skip events): refuse it outright.
+            raise ValueError("POSTGRES_ENABLE_DB_FUNCTIONS must stay off for the Messaging event store")
         super().__init__(datastore, events_table_name=events_table_name)
         self.message_index_table = events_table_name.removesuffix("_events") + "_message_index"
         table = SQL("{}.{}").format(Identifier(datastore.schema), Identifier(self.message_index_table))

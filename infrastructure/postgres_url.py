@@ -22,6 +22,8 @@ class PostgresParams:
             "POSTGRES_USER": self.user,
             "POSTGRES_PASSWORD": self.password,
             "POSTGRES_DBNAME": self.dbname,
+            # Explicit, so a stray variable in the environment can't switch it on (see event_store.py).
+            "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
         }
 
 

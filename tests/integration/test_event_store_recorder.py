@@ -25,6 +25,7 @@ from infrastructure.postgres_url import PostgresParams, parse_database_url
 
 EVENTS_TABLE = "messaging_events"
 INDEX_TABLE = "messaging_message_index"
+SENT_TOPIC = "loopify:Conversation.MessageSent"
 SUBSCRIBE_POOL_SIZE = 2  # a subscription holds one connection for LISTEN while the test inserts
 
 
@@ -112,7 +113,7 @@ def recorder(datastore: PostgresDatastore) -> MessagingRecorder:
     return recorder
 
 
-def stored_event(conversation_id: UUID, version: int, topic: str = "loopify:Conversation.MessageSent") -> StoredEvent:
+def stored_event(conversation_id: UUID, version: int, topic: str = SENT_TOPIC) -> StoredEvent:
     return StoredEvent(originator_id=conversation_id, originator_version=version, topic=topic, state=b"{}")
 
 
@@ -131,12 +132,22 @@ def added(*messages: IndexedMessage) -> MessageIndexChanges:
     return MessageIndexChanges(added=list(messages))
 
 
+def store_message(recorder: MessagingRecorder, conversation_id: UUID, message_id: UUID, version: int) -> None:
+    """Store a MessageSent event with the message's index row, as a successful send does."""
+    recorder.insert_events(
+        [stored_event(conversation_id, version)], message_index=added(indexed(message_id, conversation_id, version))
+    )
+
+
 class TestTheMessageIndexTable:
     def test_it_is_created_with_the_events_table_and_named_after_it(
         self, recorder: MessagingRecorder, postgres_params: PostgresParams
     ) -> None:
         with psycopg.connect(
-            host=postgres_params.host, port=postgres_params.port, user=postgres_params.user, dbname=postgres_params.dbname
+            host=postgres_params.host,
+            port=postgres_params.port,
+            user=postgres_params.user,
+            dbname=postgres_params.dbname,
         ) as conn:
             tables = {
                 row[0]
@@ -158,8 +169,11 @@ class TestTheMessageIndexIsWrittenInTheEventsTransaction:
         with_client_id = IndexedMessage(second, conversation_id, "bob", 2, 3, "c-7")
 
         recorder.insert_events(
-            [stored_event(conversation_id, 1, "loopify:Conversation.ConversationStarted"),
-             stored_event(conversation_id, 2), stored_event(conversation_id, 3)],
+            [
+                stored_event(conversation_id, 1, "loopify:Conversation.ConversationStarted"),
+                stored_event(conversation_id, 2),
+                stored_event(conversation_id, 3),
+            ],
             message_index=added(indexed(first, conversation_id, 2), with_client_id),
         )
 
@@ -168,7 +182,7 @@ class TestTheMessageIndexIsWrittenInTheEventsTransaction:
 
     def test_a_deletion_is_recorded_with_its_event(self, recorder: MessagingRecorder) -> None:
         conversation_id, message_id = uuid4(), uuid4()
-        recorder.insert_events([stored_event(conversation_id, 2)], message_index=added(indexed(message_id, conversation_id, 2)))
+        store_message(recorder, conversation_id, message_id, version=2)
 
         recorder.insert_events(
             [stored_event(conversation_id, 3, "loopify:Conversation.MessageDeleted")],
@@ -199,7 +213,7 @@ class TestTheMessageIndexIsWrittenInTheEventsTransaction:
     def test_an_insert_whose_index_row_conflicts_leaves_no_events(self, recorder: MessagingRecorder) -> None:
         # A message is already indexed (a retry raced with the original on another node).
         conversation_id, message_id = uuid4(), uuid4()
-        recorder.insert_events([stored_event(conversation_id, 2)], message_index=added(indexed(message_id, conversation_id, 2)))
+        store_message(recorder, conversation_id, message_id, version=2)
 
         # Saving it again under a new version fails on the index's primary key...
         with pytest.raises(IntegrityError):
@@ -213,7 +227,7 @@ class TestTheMessageIndexIsWrittenInTheEventsTransaction:
 
     def test_a_deletion_whose_events_conflict_leaves_the_message_undeleted(self, recorder: MessagingRecorder) -> None:
         conversation_id, message_id = uuid4(), uuid4()
-        recorder.insert_events([stored_event(conversation_id, 2)], message_index=added(indexed(message_id, conversation_id, 2)))
+        store_message(recorder, conversation_id, message_id, version=2)
 
         with pytest.raises(IntegrityError):
             recorder.insert_events(
@@ -223,19 +237,8 @@ class TestTheMessageIndexIsWrittenInTheEventsTransaction:
 
         assert recorder.lookup_messages([message_id])[message_id].deleted is False
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "infrastructure/event_store.py MessagingRecorder writes the index in `_insert_events`, which "
-            "PostgresApplicationRecorder.insert_events skips when the datastore has enable_db_functions "
-            "(POSTGRES_ENABLE_DB_FUNCTIONS=y, read by the library from os.environ too): events commit, "
-            "the index row is silently dropped, so retries duplicate messages and edits of them fail"
-        ),
-    )
-    def test_a_datastore_with_database_functions_still_gets_the_index_or_is_refused(
-        self, postgres_params: PostgresParams
-    ) -> None:
-        conversation_id, message_id = uuid4(), uuid4()
+    def test_a_datastore_with_database_functions_is_refused(self, postgres_params: PostgresParams) -> None:
+        # That path skips `_insert_events` (the index) and the table lock (subscribers skip events).
         with PostgresDatastore(
             postgres_params.dbname,
             postgres_params.host,
@@ -244,12 +247,5 @@ class TestTheMessageIndexIsWrittenInTheEventsTransaction:
             postgres_params.password,
             enable_db_functions=True,
         ) as datastore:
-            try:
-                recorder = MessagingRecorder(datastore, events_table_name=EVENTS_TABLE)
-                recorder.create_table()
-            except Exception:  # refusing this configuration outright is an acceptable fix
-                return
-            recorder.insert_events([stored_event(conversation_id, 2)], message_index=added(indexed(message_id, conversation_id, 2)))
-            found: dict[UUID, Any] = recorder.lookup_messages([message_id])
-
-        assert message_id in found
+            with pytest.raises(ValueError, match="POSTGRES_ENABLE_DB_FUNCTIONS"):
+                MessagingRecorder(datastore, events_table_name=EVENTS_TABLE)

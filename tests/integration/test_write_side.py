@@ -219,7 +219,8 @@ class TestDurableIdempotency:
         settle(futures)
         assert node.writer.stats.largest_batch == 3  # they really shared one batch
         results = [f.result(RESULT_TIMEOUT_S) for f in futures]
-        assert {(r.value.id, r.value.seq, r.position) for r in results} == {(results[0].value.id, 1, results[0].position)}
+        first = results[0]
+        assert {(r.value.id, r.value.seq, r.position) for r in results} == {(first.value.id, 1, first.position)}
         assert len(logged_messages(node.app, conversation.id)) == 1
 
     def test_the_same_client_message_id_from_two_senders_names_two_messages(self, node: Node) -> None:
@@ -352,16 +353,6 @@ class TestOneBatchIsAllOrNothingPerCommand:
             "MessageSent",
         ]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "application/group_commit.py _commit builds UnitOfWork(..., app.lookup_messages(prefetch)) and "
-            "application/unit_of_work.py UnitOfWork.__init__ marks only the ids FOUND as looked up "
-            "(`self._looked_up = set(self._messages)`), so every send with a new clientMessageId queries "
-            "the index again on the single writer thread: N+1 queries per batch instead of the one the "
-            "prefetch promises (handlers.message_ids_to_prefetch)"
-        ),
-    )
     def test_a_batch_of_sends_with_new_client_ids_asks_the_message_index_once(
         self, node: Node, hold_batch: HoldBatch, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -494,18 +485,9 @@ class TestConcurrentSendersOnTwoNodes:
             told = [o.value.content for o in sender_outcomes if isinstance(o, CommandResult)]
             assert [e.content for e in logged if e.actor_id == sender] == told
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "application/group_commit.py GroupCommitWriter._commit_alone: after a version conflict a "
-            "command is reloaded and retried at most MAX_CONFLICT_RETRIES=5 times with a jittered "
-            "CONFLICT_BACKOFF_S=0.005*(attempt+1) sleep (~37 ms in all on average); while the other node "
-            "commits to the same conversation every few ms, each reload is stale again by the time it "
-            "gets the table lock, so one node starves: 4-8 of 400 sends fail with "
-            "ConcurrencyConflictError in every run (2 nodes x 4 senders x 50 messages)"
-        ),
-    )
-    def test_no_command_is_lost(self, open_node: Callable[[], Node], open_app: Callable[..., MessagingApplication]) -> None:
+    def test_no_command_is_lost(
+        self, open_node: Callable[[], Node], open_app: Callable[..., MessagingApplication]
+    ) -> None:
         conversation_id, outcomes, _ = two_nodes_send(open_node, self.PER_SENDER)
 
         failed = [repr(o) for os in outcomes.values() for o in os if not isinstance(o, CommandResult)]
@@ -543,7 +525,10 @@ class TestLogPositions:
             (conversation_id, 6),
             (conversation_id, 7),
         ]
-        notifications = [node.app.recorder.select_notifications(start=p, limit=1)[0] for p in positions]  # type: ignore[arg-type]
+        notifications = [
+            node.app.recorder.select_notifications(start=position, limit=1)[0]
+            for position in positions  # type: ignore[misc]
+        ]
         assert [(n.originator_id, n.originator_version) for n in notifications] == expected
 
     def test_a_command_that_changes_nothing_returns_no_position(self, node: Node) -> None:
