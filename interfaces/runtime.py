@@ -23,6 +23,13 @@ class Runtime:
     authenticate: Callable[[str], str | None] | None = None
     probes: dict[str, Probe] = field(default_factory=dict)
     writer_stats: Callable[[], dict[str, Any]] | None = None
+    # The read side: `projections.queries.ReadModel`, and a coroutine that returns once the
+    # projections show every command this user made so far (read-your-writes).
+    read_model: Any = None
+    wait_for_own_writes: Callable[[str], Awaitable[None]] | None = None
+    # Records a user's write position so later reads (on any node) wait for it.
+    note_write: Callable[[str, int | None], Awaitable[None]] | None = None
+    projection_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
     def attach(self, **dependencies: Any) -> None:
         for name, value in dependencies.items():

@@ -28,6 +28,24 @@ class RequestContext:
         return self.runtime.service
 
 
+    @property
+    def read_model(self) -> Any:
+        if self.runtime.read_model is None:
+            raise InterfaceError("this node does not serve queries")
+        return self.runtime.read_model
+
+    async def before_read(self) -> str:
+        """Authenticate, then wait until the projections show this user's own writes."""
+        user = self.require_user()
+        if self.runtime.wait_for_own_writes is not None:
+            await self.runtime.wait_for_own_writes(user)
+        return user
+
+    async def after_write(self, position: int | None) -> None:
+        if self.runtime.note_write is not None and self.user_id is not None:
+            await self.runtime.note_write(self.user_id, position)
+
+
 def context_of(ctx: dict[str, Any]) -> RequestContext:
     return ctx["request_context"]
 

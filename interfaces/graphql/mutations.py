@@ -15,6 +15,7 @@ async def start_conversation(_: Any, args: dict[str, Any], ctx: dict[str, Any], 
     result = await request.service.start_conversation(
         user, spec["type"], list(spec["participantIds"]), spec.get("title"), spec.get("itemId")
     )
+    await request.after_write(result.position)
     return conversation_json(result.value, user)
 
 
@@ -31,6 +32,7 @@ async def send_message(_: Any, args: dict[str, Any], ctx: dict[str, Any], __: An
         parse_id(parent, "parentMessageId") if parent else None,
         spec.get("clientMessageId"),
     )
+    await request.after_write(result.position)
     return message_json(result.value)
 
 
@@ -39,6 +41,7 @@ async def mark_conversation_as_read(_: Any, args: dict[str, Any], ctx: dict[str,
     user = request.require_user()
     result = await request.service.mark_read(user, parse_id(args["conversationId"], "conversationId"))
     receipt = result.value
+    await request.after_write(result.position)
     return {"success": True, "message": f"read up to seq {receipt.up_to_seq}"}
 
 
@@ -46,13 +49,15 @@ async def edit_message(_: Any, args: dict[str, Any], ctx: dict[str, Any], __: An
     request = context_of(ctx)
     user = request.require_user()
     result = await request.service.edit_message(user, parse_id(args["messageId"], "messageId"), args["content"])
+    await request.after_write(result.position)
     return message_json(result.value)
 
 
 async def delete_message(_: Any, args: dict[str, Any], ctx: dict[str, Any], __: Any) -> dict[str, Any]:
     request = context_of(ctx)
     user = request.require_user()
-    await request.service.delete_message(user, parse_id(args["messageId"], "messageId"))
+    result = await request.service.delete_message(user, parse_id(args["messageId"], "messageId"))
+    await request.after_write(result.position)
     return {"success": True, "message": "message deleted"}
 
 
@@ -61,6 +66,7 @@ async def add_participant(_: Any, args: dict[str, Any], ctx: dict[str, Any], __:
     user = request.require_user()
     conversation_id = parse_id(args["conversationId"], "conversationId")
     result = await request.service.add_participant(user, conversation_id, args["userId"])
+    await request.after_write(result.position)
     return conversation_json(result.value, user)
 
 
@@ -69,6 +75,7 @@ async def remove_participant(_: Any, args: dict[str, Any], ctx: dict[str, Any], 
     user = request.require_user()
     conversation_id = parse_id(args["conversationId"], "conversationId")
     result = await request.service.remove_participant(user, conversation_id, args["userId"])
+    await request.after_write(result.position)
     return conversation_json(result.value, user)
 
 
