@@ -83,6 +83,19 @@ class MessagingApplication(Application[UUID]):
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0
 
+    # ---- the log, as projections read it (projections.ports.EventLog) -----------------------
+
+    def read_log(self, after: int, limit: int) -> list[tuple[int, Any]]:
+        notifications = self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
+        return [(n.id, self.mapper.to_domain_event(n)) for n in notifications]
+
+    def log_head(self) -> int:
+        return self.max_position()
+
+    @property
+    def log_channel(self) -> str:
+        return self.recorder.channel_name  # type: ignore[attr-defined,no-any-return]
+
 
 def message_record(event: Conversation.MessageSent, **changes: Any) -> MessageRecord:
     record = MessageRecord(

@@ -54,6 +54,11 @@ def health_endpoint(runtime: Runtime) -> Any:
             "database": {"status": "healthy" if database_ok else "unhealthy"},
             "redis": {"status": "healthy" if redis_ok else "unhealthy"},
         }
+        if runtime.projection_status is not None:
+            try:
+                body["projection"] = await asyncio.wait_for(runtime.projection_status(), PROBE_TIMEOUT_S)
+            except Exception:
+                body["projection"] = {"status": "unknown"}
         if runtime.writer_stats is not None:
             body["writer"] = {**runtime.writer_stats(), "queueDepth": runtime.service.writer.queue_depth()}  # type: ignore[union-attr]
         return JSONResponse(body, status_code=503 if status == "error" else 200)

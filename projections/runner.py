@@ -1,0 +1,207 @@
+"""The projection runner: follows the event log and keeps the read models up to date.
+
+One thread per process (`--role all` or `--role projector`). Any number of processes may run
+one; a Postgres advisory lock elects the leader, the others wait on standby and take over
+within `STANDBY_POLL_S` when the leader dies (its session ends, the lock is released).
+Correctness never depends on the election: every batch locks the tracking row and checks it
+is where this runner expects, so two runners can never apply the same events twice.
+
+The loop: read up to `BATCH_SIZE` events after the tracked position, fold them, apply them and
+advance tracking in one transaction that also NOTIFYs the new position (delivered on commit,
+which is what read-your-writes waits for), then refresh Redis. When caught up, it sleeps in
+LISTEN on the event store's channel, so a new event is projected within milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from projections.ports import EventLog
+from projections.postgres_projector import TrackingConflictError, apply, fold
+from projections.redis_counters import RedisCounters
+from projections.schema import PROJECTOR_LOCK_KEY, ensure_read_model, generation_schema, live_generation
+
+log = logging.getLogger(__name__)
+
+POSITION_CHANNEL = "loopify_projection"  # NOTIFY payload: the position the read model reached
+BATCH_SIZE = 1000  # events per transaction: amortises the commit, keeps one batch ~tens of ms
+IDLE_WAIT_S = 1.0  # the LISTEN wait when caught up; it only bounds how fast stop() is noticed
+STANDBY_POLL_S = 2.0  # a standby retries the leader lock this often: takeover within ~2 s
+RETRY_DELAY_S = 1.0  # after a database or Redis error, pause before reconnecting
+REDIS_CATCH_UP_LIMIT = 50_000  # beyond this gap, rebuilding Redis from Postgres is cheaper
+
+
+@dataclass
+class RunnerStatus:
+    position: int = 0
+    head: int = 0
+    is_leader: bool = False
+    redis_position: int | None = None
+    batches: int = 0
+    events: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "head": self.head,
+            "lag": max(0, self.head - self.position),
+            "isLeader": self.is_leader,
+            "redisPosition": self.redis_position,
+            "batches": self.batches,
+            "events": self.events,
+            "lastError": self.last_error,
+        }
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        event_log: EventLog,
+        database_url: str,
+        counters: RedisCounters | None,
+        *,
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
+        self.event_log = event_log
+        self.database_url = database_url
+        self.counters = counters
+        self.batch_size = batch_size
+        self.status = RunnerStatus()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._redis_behind = False  # a refresh failed: catch up from Redis's own position
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="projection-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._serve()
+            except Exception as error:  # reconnect on any failure; never let the thread die
+                self.status.is_leader = False
+                self.status.last_error = f"{type(error).__name__}: {error}"
+                log.exception("projection runner failed; reconnecting in %.1f s", RETRY_DELAY_S)
+                self._stopping.wait(RETRY_DELAY_S)
+
+    def _serve(self) -> None:
+        with psycopg.connect(self.database_url, autocommit=True) as control, psycopg.connect(self.database_url) as work:
+            with work.transaction(), work.cursor() as cursor:
+                ensure_read_model(cursor)
+            if not self._become_leader(control):
+                return
+            control.execute(f'LISTEN "{self.event_log.log_channel}"')
+            position = self._tracked_position(work)
+            self._catch_up_redis(work, position)
+            while not self._stopping.is_set():
+                if self._redis_behind:
+                    self._retry_redis(work, position)
+                batch = self.event_log.read_log(position, self.batch_size)
+                self.status.head = max(self.status.head, batch[-1][0] if batch else position)
+                if not batch:
+                    self.status.head = self.event_log.log_head()
+                    for _ in control.notifies(timeout=IDLE_WAIT_S, stop_after=1):
+                        pass
+                    continue
+                try:
+                    position = self._project(work, batch, position)
+                except TrackingConflictError:
+                    # Another runner (or a replay's switch) moved the position: resume from it.
+                    position = self._tracked_position(work)
+
+    def _become_leader(self, control: psycopg.Connection[Any]) -> bool:
+        while not self._stopping.is_set():
+            row = control.execute("SELECT pg_try_advisory_lock(%s)", (PROJECTOR_LOCK_KEY,)).fetchone()
+            if row and row[0]:
+                self.status.is_leader = True
+                log.info("projection runner is the leader")
+                return True
+            self._stopping.wait(STANDBY_POLL_S)
+        return False
+
+    def _tracked_position(self, work: psycopg.Connection[Any]) -> int:
+        with work.transaction(), work.cursor() as cursor:
+            generation = live_generation(cursor)
+            assert generation is not None
+            cursor.execute(f'SELECT position FROM "{generation_schema(generation)}".tracking WHERE name = %s', ("postgres",))
+            row = cursor.fetchone()
+        self.status.position = int(row[0]) if row else 0
+        return self.status.position
+
+    def _project(self, work: psycopg.Connection[Any], batch: list[tuple[int, Any]], position: int) -> int:
+        changes = fold(batch)
+        with work.transaction(), work.cursor() as cursor:
+            # Shared lock on the pointer: a replay's switch waits for this batch, and vice versa.
+            generation = live_generation(cursor, lock="SHARE")
+            assert generation is not None
+            apply(cursor, generation_schema(generation), changes, position)
+            cursor.execute("SELECT pg_notify(%s, %s)", (POSITION_CHANNEL, str(changes.position)))
+        self.status.position = changes.position
+        self.status.batches += 1
+        self.status.events += len(batch)
+        if self.counters is not None and not self._redis_behind:
+            try:
+                with work.transaction(), work.cursor() as cursor:
+                    self.counters.refresh(cursor, changes)
+                self.status.redis_position = changes.position
+            except Exception as error:  # Redis down: Postgres goes on; Redis catches up later
+                self._redis_behind = True
+                self.status.last_error = f"redis: {error}"
+                log.warning("Redis projection refresh failed: %s", error)
+        return changes.position
+
+    def _retry_redis(self, work: psycopg.Connection[Any], position: int) -> None:
+        try:
+            self._catch_up_redis(work, position)
+            self._redis_behind = False
+        except Exception as error:
+            self.status.last_error = f"redis: {error}"
+            self._stopping.wait(RETRY_DELAY_S)
+
+    def _catch_up_redis(self, work: psycopg.Connection[Any], position: int) -> None:
+        """Bring Redis to the Postgres model's position after a restart or a Redis loss."""
+        if self.counters is None:
+            return
+        redis_position = self.counters.position()
+        if redis_position is not None and redis_position >= position:
+            self.status.redis_position = redis_position
+            return
+        with work.transaction(), work.cursor() as cursor:
+            if redis_position is None or position - redis_position > REDIS_CATCH_UP_LIMIT:
+                log.info("rebuilding the Redis projection from Postgres (position %s)", position)
+                self.counters.rebuild(cursor, position)
+            else:
+                gap = []
+                after = redis_position
+                while after < position:
+                    page = self.event_log.read_log(after, self.batch_size)
+                    page = [(p, e) for p, e in page if p <= position]
+                    if not page:
+                        break
+                    gap.extend(page)
+                    after = page[-1][0]
+                changes = fold(gap)
+                changes.position = position
+                self.counters.refresh(cursor, changes)
+        self.status.redis_position = position
