@@ -8,12 +8,16 @@ Starlette app. Nothing is built at import time.
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator
 
+import asyncpg
+import psycopg
+import redis
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 
 from application.group_commit import GroupCommitWriter
 from application.messaging import MessagingApplication
@@ -23,11 +27,22 @@ from infrastructure.jwt_tokens import JwtCodec
 from infrastructure.postgres_url import parse_database_url
 from infrastructure.settings import Settings
 from interfaces.http.app import build_http_app
+from interfaces.replay_cli import ProgressPrinter, print_report
 from interfaces.runtime import Runtime
+from projections.position_watcher import PositionWatcher
+from projections.queries import ReadModel
+from projections.read_your_writes import ReadYourWrites
+from projections.redis_counters import RedisCounters
+from projections.runner import ProjectionRunner
+from projections.replay import Replay
+from projections.schema import ensure_read_model
 
 log = logging.getLogger(__name__)
 
 ROLES = ("all", "api", "projector", "push")
+API_ROLES = ("all", "api")  # serve GraphQL/WebSocket and accept commands
+PROJECTOR_ROLES = ("all", "projector")  # follow the log into the read models
+READ_POOL_SIZE = 10  # asyncpg connections for queries per api process
 
 
 @dataclass
@@ -97,30 +112,64 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        container = build(settings, with_writer=role in ("all", "api"))
-        assert container.redis_url is not None
-        redis_client = aioredis.from_url(container.redis_url)
-        runtime.attach(
-            service=container.service,
-            authenticate=container.jwt.authenticate,
-            probes={
-                "database": lambda: _probe_database(container),
-                "redis": lambda: _probe_redis(redis_client),
-            },
-            writer_stats=container.writer.stats.as_dict if container.writer else None,
-        )
-        try:
+        async with AsyncExitStack() as stack:
+            container = build(settings, with_writer=role in API_ROLES)
+            stack.callback(container.close)
+            assert container.redis_url is not None
+            redis_client = aioredis.from_url(container.redis_url)
+            stack.push_async_callback(redis_client.aclose)
+            runtime.attach(
+                service=container.service,
+                authenticate=container.jwt.authenticate,
+                probes={
+                    "database": lambda: _probe_database(container),
+                    "redis": lambda: _probe_redis(redis_client),
+                },
+                writer_stats=container.writer.stats.as_dict if container.writer else None,
+            )
+            runner = None
+            if role in PROJECTOR_ROLES:
+                counters = RedisCounters(redis.Redis.from_url(container.redis_url))
+                runner = ProjectionRunner(container.app, container.database_url, counters)
+                runner.start()
+                stack.callback(runner.stop)
+            watcher = None
+            if role in API_ROLES:
+                await run_in_threadpool(_ensure_read_model, container.database_url)
+                pool = await asyncpg.create_pool(container.database_url, min_size=1, max_size=READ_POOL_SIZE)
+                stack.push_async_callback(pool.close)
+                watcher = PositionWatcher(container.database_url)
+                await watcher.start()
+                stack.push_async_callback(watcher.stop)
+                read_your_writes = ReadYourWrites(redis_client, watcher)
+                runtime.attach(
+                    read_model=ReadModel(pool, redis_client),
+                    wait_for_own_writes=read_your_writes.wait_for_user,
+                    note_write=read_your_writes.note_write,
+                )
+            runtime.attach(projection_status=lambda: _projection_status(container, runner, watcher))
             yield
-        finally:
-            await redis_client.aclose()
-            container.close()
 
     return build_http_app(runtime, lifespan)
 
 
-async def _probe_database(container: Container) -> bool:
-    from starlette.concurrency import run_in_threadpool
+def _ensure_read_model(database_url: str) -> None:
+    with psycopg.connect(database_url) as connection, connection.cursor() as cursor:
+        ensure_read_model(cursor)
 
+
+async def _projection_status(
+    container: Container, runner: ProjectionRunner | None, watcher: PositionWatcher | None
+) -> dict[str, Any]:
+    head = await run_in_threadpool(container.app.max_position)
+    if runner is not None:
+        runner.status.head = max(runner.status.head, head)
+        return runner.status.as_dict()
+    position = watcher.position if watcher is not None else 0
+    return {"position": position, "head": head, "lag": max(0, head - position)}
+
+
+async def _probe_database(container: Container) -> bool:
     await run_in_threadpool(container.app.max_position)
     return True
 
@@ -152,13 +201,34 @@ def _open_log(settings: Settings) -> Iterator[MessagingApplication]:
         container.close()
 
 
+def _replay(settings: Settings, projection: str, verify: bool) -> int:
+    container = build(settings, with_writer=False)
+    try:
+        assert container.redis_url is not None
+        counters = RedisCounters(redis.Redis.from_url(container.redis_url))
+        replay = Replay(container.app, container.database_url, counters, on_progress=ProgressPrinter())
+        if projection in ("all", "postgres"):
+            report = replay.rebuild_postgres(verify=verify)
+            print_report(report)
+            if not report.switched:
+                return 1
+        if projection in ("all", "redis"):
+            position = replay.rebuild_redis()
+            print(f"rebuilt the Redis projection at position {position:,}")
+        return 0
+    finally:
+        container.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     from infrastructure.settings import load_settings
     from interfaces.cli import CliWiring
     from interfaces.cli import main as cli_main
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    wiring = CliWiring(load_settings=load_settings, serve=_serve, mint_token=_mint_token, open_log=_open_log)
+    wiring = CliWiring(
+        load_settings=load_settings, serve=_serve, mint_token=_mint_token, open_log=_open_log, replay=_replay
+    )
     return cli_main(argv, wiring)
 
 

@@ -36,6 +36,7 @@ class MessagingApplication(Application[UUID]):
         "POSTGRES_MAX_OVERFLOW": "10",
         "POSTGRES_PRE_PING": "y",  # survive a restarted Postgres without a failed command
         "APPLICATION_RECORDER_TOPIC": "infrastructure.event_store:MessagingRecorder",
+        "TRANSCODER_TOPIC": "infrastructure.transcoder:FastJSONTranscoder",
     }
 
     def __init__(self, env: dict[str, str] | None = None) -> None:

@@ -68,6 +68,7 @@ class Conversation(Aggregate, created_event_name="ConversationStarted"):
     class ParticipantJoined(Event):
         TOPIC = "loopify:Conversation.ParticipantJoined"
         user_id: str
+        since_seq: int  # the conversation's last seq when they joined: earlier messages count as read
 
     class ParticipantLeft(Event):
         TOPIC = "loopify:Conversation.ParticipantLeft"
@@ -180,14 +181,14 @@ class Conversation(Aggregate, created_event_name="ConversationStarted"):
             raise InvalidParticipantsError(f"{user_id} is already a participant")
         if len(self.participant_ids) >= MAX_GROUP_PARTICIPANTS:
             raise InvalidParticipantsError(f"a group holds at most {MAX_GROUP_PARTICIPANTS} users")
-        self._participant_joined(actor_id=actor_id, user_id=user_id)
+        self._participant_joined(actor_id=actor_id, user_id=user_id, since_seq=self.last_seq)
 
     @event(ParticipantJoined)
-    def _participant_joined(self, actor_id: str, user_id: str) -> None:
+    def _participant_joined(self, actor_id: str, user_id: str, since_seq: int) -> None:
         self.active[user_id] = True
-        # A returning member keeps old watermarks: they already saw those messages.
-        self.read_up_to.setdefault(user_id, 0)
-        self.delivered_up_to.setdefault(user_id, 0)
+        # A newcomer sees the history, but it is not news to them: it starts out read.
+        self.read_up_to[user_id] = max(self.read_up_to.get(user_id, 0), since_seq)
+        self.delivered_up_to[user_id] = max(self.delivered_up_to.get(user_id, 0), since_seq)
 
     def remove_participant(self, actor_id: str, user_id: str) -> None:
         """A member may leave; the group's starter may also remove others."""

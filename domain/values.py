@@ -77,8 +77,11 @@ def normalise_content(raw: str) -> str:
     if len(content) > MAX_CONTENT_CHARS:
         raise InvalidContentError(f"content must be at most {MAX_CONTENT_CHARS} characters")
     for char in content:
-        if char not in ALLOWED_CONTROL_CHARS and unicodedata.category(char) == "Cc":
+        category = unicodedata.category(char)
+        if category == "Cc" and char not in ALLOWED_CONTROL_CHARS:
             raise InvalidContentError(f"content holds the control character U+{ord(char):04X}")
+        if category == "Cs":  # a lone surrogate is not text: it cannot be encoded as UTF-8
+            raise InvalidContentError(f"content holds the lone surrogate U+{ord(char):04X}")
     return content
 
 

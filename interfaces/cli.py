@@ -23,6 +23,7 @@ class CliWiring:
     serve: Callable[[Any, str, int, str], None]
     mint_token: Callable[[Any, str, int], str]
     open_log: Callable[[Any], Any]  # a context manager yielding the MessagingApplication
+    replay: Callable[[Any, str, bool], int]  # (settings, projection, verify) -> exit code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="print a development JWT for a user")
     token.add_argument("user_id")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+
+    replay = commands.add_parser("replay", help="rebuild read models from the event log, without downtime")
+    replay.add_argument("--projection", choices=("all", "postgres", "redis"), default="all")
+    replay.add_argument("--verify", action="store_true", help="compare rebuilt and live models; switch only if equal")
 
     from interfaces.audit_cli import add_audit_parser
 
@@ -55,6 +60,8 @@ def main(argv: Sequence[str] | None, wiring: CliWiring) -> int:
     if args.command == "token":
         print(wiring.mint_token(settings, args.user_id, args.ttl))
         return 0
+    if args.command == "replay":
+        return wiring.replay(settings, args.projection, args.verify)
     if args.command == "audit":
         from interfaces.audit_cli import USAGE_ERROR, InvalidAuditQueryError, audit_query, run_audit
 

@@ -30,11 +30,12 @@ class ReadModelChanges:
     """What a batch of events changes, folded so each row is written once."""
 
     conversations: dict[UUID, list[Any]] = field(default_factory=dict)  # new rows
-    participants: dict[tuple[UUID, str], list[Any]] = field(default_factory=dict)  # upserts
+    # upserts: [conversation_id, user_id, is_active, joined_at, left_at, joined_in_this_batch]
+    participants: dict[tuple[UUID, str], list[Any]] = field(default_factory=dict)
     messages: dict[UUID, list[Any]] = field(default_factory=dict)  # new rows, in order
     message_updates: dict[UUID, list[Any]] = field(default_factory=dict)  # [content, edited_at, deleted_at]
-    tips: dict[UUID, list[Any]] = field(default_factory=dict)  # [last_seq, last_id, last_at, updated_at]
-    touched: dict[UUID, datetime] = field(default_factory=dict)  # updated_at of other changes
+    tips: dict[UUID, list[Any]] = field(default_factory=dict)  # [last_seq, last_id, last_at]
+    touched: dict[UUID, datetime] = field(default_factory=dict)  # latest change: the new updated_at
     read_marks: dict[tuple[UUID, str], tuple[int, datetime]] = field(default_factory=dict)
     delivered_marks: dict[tuple[UUID, str], tuple[int, datetime]] = field(default_factory=dict)
     # For the Redis projection: whose unread counts and which inbox rows may have changed.
@@ -50,18 +51,23 @@ class ReadModelChanges:
             e.originator_id, e.conversation_type, e.title, e.item_id, e.actor_id, e.timestamp, e.timestamp, e.timestamp
         ]
         for user in e.participant_ids:
-            self.participants[(e.originator_id, user)] = [e.originator_id, user, True, e.timestamp, None]
+            self.participants[(e.originator_id, user)] = [e.originator_id, user, True, e.timestamp, None, True]
             self.unread_users.add((e.originator_id, user))
 
     def on_participant_joined(self, e: Conversation.ParticipantJoined, position: int) -> None:
-        self.participants[(e.originator_id, e.user_id)] = [e.originator_id, e.user_id, True, e.timestamp, None]
+        key = (e.originator_id, e.user_id)
+        self.participants[key] = [e.originator_id, e.user_id, True, e.timestamp, None, True]
+        # A newcomer sees the history, but it is not news to them: it starts out read.
+        self._raise_mark(self.read_marks, key, e.since_seq, e.timestamp)
+        self._raise_mark(self.delivered_marks, key, e.since_seq, e.timestamp)
         self.touched[e.originator_id] = e.timestamp
-        self.unread_users.add((e.originator_id, e.user_id))
+        self.unread_users.add(key)
 
     def on_participant_left(self, e: Conversation.ParticipantLeft, position: int) -> None:
         key = (e.originator_id, e.user_id)
-        joined = self.participants[key][3] if key in self.participants else e.timestamp
-        self.participants[key] = [e.originator_id, e.user_id, False, joined, e.timestamp]
+        earlier = self.participants.get(key)
+        joined, joined_here = (earlier[3], earlier[5]) if earlier else (e.timestamp, False)
+        self.participants[key] = [e.originator_id, e.user_id, False, joined, e.timestamp, joined_here]
         self.touched[e.originator_id] = e.timestamp
         self.unread_users.add(key)
 
@@ -70,7 +76,8 @@ class ReadModelChanges:
             e.message_id, e.originator_id, e.seq, position, e.actor_id, e.content, e.message_type,
             e.parent_message_id, e.client_message_id, e.timestamp, None, None,
         ]
-        self.tips[e.originator_id] = [e.seq, e.message_id, e.timestamp, e.timestamp]
+        self.tips[e.originator_id] = [e.seq, e.message_id, e.timestamp]
+        self.touched[e.originator_id] = e.timestamp
         # The sender has read (and received) everything up to their own message.
         self._raise_mark(self.read_marks, (e.originator_id, e.actor_id), e.seq, e.timestamp)
         self._raise_mark(self.delivered_marks, (e.originator_id, e.actor_id), e.seq, e.timestamp)
@@ -166,7 +173,8 @@ def apply(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, expected_
                 "INSERT INTO {s}.conversation_participants AS p (conversation_id, user_id, is_active, joined_at, left_at)"
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (conversation_id, user_id) DO UPDATE SET"
                 " is_active = EXCLUDED.is_active, left_at = EXCLUDED.left_at,"
-                " joined_at = CASE WHEN EXCLUDED.is_active AND NOT p.is_active THEN EXCLUDED.joined_at ELSE p.joined_at END"
+                # joined_at is the latest join, whether or not a leave in between reached the table
+                " joined_at = CASE WHEN %s THEN EXCLUDED.joined_at ELSE p.joined_at END"
             ).format(s=s),
             list(changes.participants.values()),
         )
@@ -184,15 +192,14 @@ def apply(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, expected_
         cursor.executemany(
             sql.SQL(
                 "UPDATE {s}.conversations SET last_seq = %s, last_message_id = %s, last_message_at = %s,"
-                " activity_at = %s, updated_at = %s WHERE id = %s"
+                " activity_at = %s WHERE id = %s"
             ).format(s=s),
-            [[seq, mid, at, at, at, cid] for cid, (seq, mid, at, _) in changes.tips.items()],
+            [[seq, mid, at, at, cid] for cid, (seq, mid, at) in changes.tips.items()],
         )
-    touched = [(at, cid) for cid, at in changes.touched.items() if cid not in changes.tips]
-    if touched:
+    if changes.touched:
         cursor.executemany(
             sql.SQL("UPDATE {s}.conversations SET updated_at = greatest(updated_at, %s) WHERE id = %s").format(s=s),
-            touched,
+            [(at, cid) for cid, at in changes.touched.items()],
         )
     for column, marks in (("read", changes.read_marks), ("delivered", changes.delivered_marks)):
         if marks:

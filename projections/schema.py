@@ -57,6 +57,8 @@ def create_generation_statements(generation: int) -> list[sql.Composed]:
             delivered_up_to bigint NOT NULL DEFAULT 0,
             last_delivered_at timestamptz,
             PRIMARY KEY (conversation_id, user_id))""",
+        # The inbox of a heavy user (hundreds of conversations): walk activity order, probe membership.
+        "CREATE INDEX IF NOT EXISTS conversations_by_activity ON {s}.conversations (activity_at DESC, id DESC)",
         # "my conversations": every participation of a user, then the conversation by key.
         "CREATE INDEX IF NOT EXISTS participants_by_user ON {s}.conversation_participants (user_id, conversation_id)",
         """CREATE TABLE IF NOT EXISTS {s}.messages (
@@ -110,14 +112,15 @@ def point_views_statements(generation: int) -> list[sql.Composed]:
 
 def ensure_read_model(cursor: Cursor) -> int:
     """Create the pointer, the first generation and the views if missing; return the live one."""
+    # Serialise concurrent first starts (a projector and an api node starting together): even
+    # CREATE ... IF NOT EXISTS races on the system catalogue without it.
+    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTOR_LOCK_KEY + 1,))
     cursor.execute(
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {p} (name text PRIMARY KEY, generation int NOT NULL,"
             " switched_at timestamptz NOT NULL DEFAULT now())"
         ).format(p=sql.Identifier(POINTER_TABLE))
     )
-    # Serialise concurrent first starts (two projector processes starting together).
-    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTOR_LOCK_KEY + 1,))
     generation = live_generation(cursor)
     if generation is None:
         generation = 1

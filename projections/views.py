@@ -21,7 +21,7 @@ SENT, DELIVERED, READ = "SENT", "DELIVERED", "READ"
 class ParticipantView:
     user_id: str
     is_active: bool
-    joined_at: datetime | None
+    joined_at: datetime  # the latest join: a member who left and came back shows the return
     last_read_seq: int
     last_read_at: datetime | None
     last_delivered_seq: int

@@ -982,3 +982,15 @@ class TestRefusedCommandsLeaveNoTrace:
         conversation = start_direct()
 
         assert_refused(conversation, InvalidInputError, lambda: conversation.send_message(ALICE, uuid4(), ""))
+
+
+class TestJoiningLate:
+    def test_a_member_who_joins_later_starts_with_the_history_read(self) -> None:
+        conversation = Conversation.start(uuid4(), "alice", ConversationType.GROUP, frozenset({"bob"}), title="club")
+        conversation.send_message("alice", uuid4(), "first")
+        conversation.send_message("bob", uuid4(), "second")
+        conversation.add_participant("alice", "dave")
+
+        joined = conversation.collect_events()[-1]
+        assert joined.since_seq == 2
+        assert conversation.read_up_to["dave"] == conversation.delivered_up_to["dave"] == 2

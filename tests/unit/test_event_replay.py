@@ -107,8 +107,9 @@ class TestReplay:
         assert loaded.participant_ids == [ALICE, BOB, DAVE]
         assert loaded.typing_users() == []
         assert loaded.last_seq == 2
-        assert loaded.read_up_to == {ALICE: 2, BOB: 1, CAROL: 1, DAVE: 0}
-        assert loaded.delivered_up_to == {ALICE: 2, BOB: 1, CAROL: 2, DAVE: 0}
+        # Dave joined after both messages: the history starts out read for him.
+        assert loaded.read_up_to == {ALICE: 2, BOB: 1, CAROL: 1, DAVE: 2}
+        assert loaded.delivered_up_to == {ALICE: 2, BOB: 1, CAROL: 2, DAVE: 2}
 
     def test_each_past_version_is_rebuilt_as_it_was(self) -> None:
         app = Application(env=IN_MEMORY)
@@ -137,8 +138,9 @@ class TestReplay:
         loaded = app.repository.get(conversation.id)
 
         assert not loaded.is_active_participant(CAROL)
-        assert loaded.mark_read(DAVE, 99) is True  # clamped to the last seq
+        assert loaded.mark_read(BOB, 99) is True  # clamped to the last seq
         assert loaded.collect_events()[0].up_to_seq == 2
+        assert loaded.mark_read(DAVE, 99) is False  # he joined with the history already read
 
 
 class TestSnapshots:

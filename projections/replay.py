@@ -1,0 +1,221 @@
+"""Rebuild the read models from the log without downtime (`loopify replay`).
+
+1. Build: a new generation (`rm_gN+1`) fills from position 0 beside the live one, in large
+   batches, while queries keep reading the live generation through the `read` views and the
+   live runner keeps projecting into it.
+2. Switch, in one transaction: lock the pointer row (the live runner's next batch waits),
+   bring both generations to the head of the log, optionally compare them (`--verify`), then
+   repoint the views and the pointer. Readers move atomically on commit; the live runner
+   resumes on the new generation from its tracking row.
+3. Drop the old generation, then recompute the Redis projection from the new model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from projections.ports import EventLog
+from projections.postgres_projector import apply, fold
+from projections.redis_counters import RedisCounters
+from projections.schema import (
+    POINTER_TABLE,
+    POSTGRES_MODEL,
+    TABLES,
+    create_generation_statements,
+    ensure_read_model,
+    generation_schema,
+    live_generation,
+    point_views_statements,
+)
+
+log = logging.getLogger(__name__)
+
+REPLAY_BATCH_SIZE = 5000  # bigger than the live runner's: throughput matters, latency does not
+SWITCH_LAG = 5000  # start the switch once the build is this close to the head of the log
+# Below Postgres's deadlock_timeout (1 s): we give up a view lock before a reader could lose.
+VIEW_LOCK_TIMEOUT_MS = 200
+VIEW_SWAP_ATTEMPTS = 50
+VIEW_SWAP_BACKOFF_S = 0.02
+SAMPLE_DIFFERENCES = 5  # rows shown per table when --verify finds differences
+VERIFIED_TABLES = ("conversations", "conversation_participants", "messages")
+
+
+class _VerificationFailed(Exception):
+    """Raised inside the switching transaction to roll it back."""
+
+
+@dataclass
+class ReplayProgress:
+    position: int
+    head: int
+    events: int
+    elapsed_s: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.events_per_s
+        return (self.head - self.position) / rate if rate > 0 else None
+
+
+@dataclass
+class ReplayReport:
+    generation: int
+    position: int
+    events: int
+    elapsed_s: float
+    switched: bool
+    verified: bool = False
+    differences: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class Replay:
+    def __init__(
+        self,
+        event_log: EventLog,
+        database_url: str,
+        counters: RedisCounters | None,
+        *,
+        batch_size: int = REPLAY_BATCH_SIZE,
+        on_progress: Callable[[ReplayProgress], None] | None = None,
+    ) -> None:
+        self.event_log = event_log
+        self.database_url = database_url
+        self.counters = counters
+        self.batch_size = batch_size
+        self.on_progress = on_progress or (lambda _: None)
+
+    def rebuild_postgres(self, *, verify: bool = False) -> ReplayReport:
+        began = time.monotonic()
+        with psycopg.connect(self.database_url) as conn:
+            with conn.transaction(), conn.cursor() as cursor:
+                ensure_read_model(cursor)
+                generation = _next_generation(cursor)
+                for statement in create_generation_statements(generation):
+                    cursor.execute(statement)
+            schema = generation_schema(generation)
+            position, events = self._build(conn, schema, began)
+            differences: dict[str, list[Any]] = {}
+            try:
+                with conn.transaction(), conn.cursor() as cursor:
+                    live = live_generation(cursor, lock="UPDATE")
+                    assert live is not None
+                    position, more = self._catch_up(cursor, schema, position)
+                    events += more
+                    self._catch_up(cursor, generation_schema(live), _tracking(cursor, generation_schema(live)))
+                    if verify and (differences := _compare(cursor, generation_schema(live), schema)):
+                        raise _VerificationFailed  # rolls the switch back: the live model stays
+                    _swap_views(conn, cursor, generation)
+                    cursor.execute(
+                        sql.SQL("UPDATE {p} SET generation = %s, switched_at = now() WHERE name = %s").format(
+                            p=sql.Identifier(POINTER_TABLE)
+                        ),
+                        (generation, POSTGRES_MODEL),
+                    )
+            except _VerificationFailed:
+                pass
+            switched = not differences
+            with conn.transaction(), conn.cursor() as cursor:
+                dropped = live if switched else generation
+                cursor.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(generation_schema(dropped))))
+        report = ReplayReport(generation, position, events, time.monotonic() - began, switched, verify, differences)
+        log.info("replay built generation %s: %s events at %.0f/s", generation, events, report.events_per_s)
+        return report
+
+    def rebuild_redis(self) -> int:
+        """Recompute every Redis value from the live Postgres model; returns its position."""
+        if self.counters is None:
+            return 0
+        with psycopg.connect(self.database_url) as conn, conn.transaction(), conn.cursor() as cursor:
+            generation = live_generation(cursor)
+            assert generation is not None
+            position = _tracking(cursor, generation_schema(generation))
+            self.counters.rebuild(cursor, position)
+        return position
+
+    # ---- building ------------------------------------------------------------------------
+
+    def _build(self, conn: psycopg.Connection[Any], schema: str, began: float) -> tuple[int, int]:
+        position, events = 0, 0
+        head = self.event_log.log_head()
+        while head - position > SWITCH_LAG:
+            batch = self.event_log.read_log(position, self.batch_size)
+            if not batch:
+                break
+            with conn.transaction(), conn.cursor() as cursor:
+                apply(cursor, schema, fold(batch), position)
+            position = batch[-1][0]
+            events += len(batch)
+            if position >= head:
+                head = self.event_log.log_head()
+            self.on_progress(ReplayProgress(position, head, events, time.monotonic() - began))
+        return position, events
+
+    def _catch_up(self, cursor: psycopg.Cursor[Any], schema: str, position: int) -> tuple[int, int]:
+        """Apply everything after `position` (inside the caller's switching transaction)."""
+        events = 0
+        while batch := self.event_log.read_log(position, self.batch_size):
+            apply(cursor, schema, fold(batch), position)
+            position = batch[-1][0]
+            events += len(batch)
+        return position, events
+
+
+def _swap_views(conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any], generation: int) -> None:
+    """Repoint the views, giving way to readers: a reader holding one view while waiting for
+    another would otherwise deadlock with us, and Postgres might pick the reader as victim."""
+    cursor.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{VIEW_LOCK_TIMEOUT_MS}ms")))
+    for attempt in range(VIEW_SWAP_ATTEMPTS):
+        try:
+            with conn.transaction():  # a savepoint: a timed-out attempt undoes only itself
+                for statement in point_views_statements(generation):
+                    cursor.execute(statement)
+            return
+        except psycopg.errors.LockNotAvailable:
+            time.sleep(VIEW_SWAP_BACKOFF_S * (attempt + 1))
+    raise RuntimeError(f"could not switch the views in {VIEW_SWAP_ATTEMPTS} attempts; the live model is unchanged")
+
+
+def _next_generation(cursor: psycopg.Cursor[Any]) -> int:
+    cursor.execute("SELECT nspname FROM pg_namespace WHERE nspname ~ '^rm_g[0-9]+$'")
+    existing = [int(row[0][4:]) for row in cursor.fetchall()]
+    return max(existing, default=0) + 1
+
+
+def _tracking(cursor: psycopg.Cursor[Any], schema: str) -> int:
+    cursor.execute(sql.SQL("SELECT position FROM {}.tracking WHERE name = 'postgres'").format(sql.Identifier(schema)))
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _compare(cursor: psycopg.Cursor[Any], live: str, rebuilt: str) -> dict[str, list[Any]]:
+    """Rows present in one generation and not the other, per table (a sample of each)."""
+    differences: dict[str, list[Any]] = {}
+    for table in VERIFIED_TABLES:
+        assert table in TABLES
+        found: list[Any] = []
+        for side, a, b in (("live only", live, rebuilt), ("rebuilt only", rebuilt, live)):
+            cursor.execute(
+                sql.SQL("(SELECT * FROM {a}.{t} EXCEPT SELECT * FROM {b}.{t}) LIMIT %s").format(
+                    a=sql.Identifier(a), b=sql.Identifier(b), t=sql.Identifier(table)
+                ),
+                (SAMPLE_DIFFERENCES,),
+            )
+            found.extend((side, row) for row in cursor.fetchall())
+        if found:
+            differences[table] = found
+    return differences
