@@ -44,7 +44,9 @@ from domain.errors import DomainError
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_COMMANDS = 500  # bounds one transaction's size and the latency of its last command
+# Bounds one transaction's size and the latency of its last command. Each command makes at most
+# one event; psycopg 3.3's pipeline stalled here on single saves of ~1,500+ events, so stay well below.
+MAX_BATCH_COMMANDS = 500
 # A hot conversation written by several nodes: the other node may commit every few ms, so a
 # reloaded aggregate can be stale again by the time it is saved. Exponential, jittered backoff
 # lets the loser slip between the winner's commits; 30 tries span several seconds.

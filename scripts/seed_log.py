@@ -2,7 +2,7 @@
 
     python scripts/seed_log.py --events 1000000 --conversations 1000
 
-Events are decided by the real `Conversation` aggregate and saved 2,000 per transaction
+Events are decided by the real `Conversation` aggregate and saved 1,000 per transaction
 (bypassing the group-commit writer, which is for live traffic). The mix is what a chat
 produces: mostly messages, some reads and deliveries, an occasional edit or delete.
 """
@@ -23,7 +23,8 @@ from application.ports import IndexedMessage, MessageIndexChanges  # noqa: E402
 from domain.conversation import Conversation  # noqa: E402
 from domain.values import ConversationType, MessageFacts  # noqa: E402
 
-EVENTS_PER_TRANSACTION = 2000
+# psycopg 3.3 pipelines stalled here on single saves of ~1,500+ events (over a unix socket).
+EVENTS_PER_TRANSACTION = 1000
 
 
 def seed(app: MessagingApplication, events: int, conversations: int, seed_value: int = 7) -> int:
@@ -41,6 +42,7 @@ def seed(app: MessagingApplication, events: int, conversations: int, seed_value:
         sender = rng.choice(conversation.participant_ids)
         roll = rng.random()
         recent = sent[conversation.id]
+        before = len(conversation.pending_events)
         if roll < 0.85 or not recent:
             message_id = uuid.uuid4()
             conversation.send_message(sender, message_id, f"message {written} about the bike, is it still available?")
@@ -61,7 +63,7 @@ def seed(app: MessagingApplication, events: int, conversations: int, seed_value:
             else:
                 conversation.delete_message(target.sender_id, target)
                 recent[-1] = MessageFacts(target.message_id, target.conversation_id, target.sender_id, target.seq, True)
-        pending += len(conversation.pending_events)
+        pending += len(conversation.pending_events) - before
         if pending >= EVENTS_PER_TRANSACTION:
             written += _flush(app, aggregates, index_changes)
             index_changes, pending = MessageIndexChanges(), 0

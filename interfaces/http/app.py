@@ -13,6 +13,7 @@ from starlette.routing import Route
 from tartiflette import Engine
 
 from interfaces.graphql.engine import build_engine
+from interfaces.http.graphiql import graphiql_endpoint
 from interfaces.http.graphql_endpoint import graphql_endpoint
 from interfaces.http.health import health_endpoint
 from interfaces.runtime import Runtime
@@ -43,5 +44,7 @@ def build_http_app(runtime: Runtime, lifespan: Lifespan) -> Starlette:
     routes: list[Any] = [
         Route("/health", health_endpoint(runtime), methods=["GET"]),
         Route("/graphql", graphql_endpoint(runtime, engine_holder), methods=["POST"]),
+        # The GraphiQL page in development; a 404 everywhere else.
+        Route("/graphql", graphiql_endpoint(enabled=runtime.is_development), methods=["GET"]),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=app_lifespan)
