@@ -34,7 +34,9 @@ def seed(app: MessagingApplication, events: int, conversations: int, seed_value:
         users = frozenset({f"user{index}", f"user{index + 1}", f"user{(index * 7) % conversations}"})
         kind = ConversationType.GROUP if len(users) > 2 else ConversationType.DIRECT
         aggregates.append(Conversation.start(uuid.uuid4(), f"user{index}", kind, users - {f"user{index}"}, title="seed"))
-    written, pending, index_changes = 0, 0, MessageIndexChanges()
+    for start in range(0, len(aggregates), EVENTS_PER_TRANSACTION):
+        app.save(*[e for a in aggregates[start : start + EVENTS_PER_TRANSACTION] for e in a.collect_events()])
+    written, pending, index_changes = len(aggregates), 0, MessageIndexChanges()
     sent: dict[uuid.UUID, list[MessageFacts]] = {a.id: [] for a in aggregates}
     began = time.monotonic()
     while written < events:
