@@ -12,10 +12,13 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator
 
+import asyncio
+
 import asyncpg
 import psycopg
 import redis
 import redis.asyncio as aioredis
+from broadcaster import Broadcast
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 
@@ -24,16 +27,24 @@ from application.messaging import MessagingApplication
 from application.service import MessagingService
 from infrastructure.embedded import EmbeddedPostgres, EmbeddedRedis
 from infrastructure.jwt_tokens import JwtCodec
+from infrastructure.presence import REFRESH_S as PRESENCE_REFRESH_S
+from infrastructure.presence import SWEEP_S as PRESENCE_SWEEP_S
+from infrastructure.presence import PresenceStore
+from infrastructure.redis_broadcast import ResilientRedisBackend
+from infrastructure.redis_guards import DedupCache, RateLimiter, TypingGate
 from infrastructure.postgres_url import parse_database_url
 from infrastructure.settings import Settings
 from interfaces.http.app import build_http_app
 from interfaces.replay_cli import ProgressPrinter, print_report
 from interfaces.runtime import Runtime
+from interfaces.ws.hub import Hub
+from interfaces.ws.maintenance import keep_devices_alive, stop_stale_typing, sweep_presence
 from projections.position_watcher import PositionWatcher
 from projections.queries import ReadModel
 from projections.read_your_writes import ReadYourWrites
 from projections.redis_counters import RedisCounters
 from projections.runner import ProjectionRunner
+from projections.relay import Relay
 from projections.replay import Replay
 from projections.schema import ensure_read_model
 
@@ -43,6 +54,9 @@ ROLES = ("all", "api", "projector", "push")
 API_ROLES = ("all", "api")  # serve GraphQL/WebSocket and accept commands
 PROJECTOR_ROLES = ("all", "projector")  # follow the log into the read models
 READ_POOL_SIZE = 10  # asyncpg connections for queries per api process
+# Frames above the protocol's 64 KB get a PAYLOAD_TOO_LARGE error and the socket stays open;
+# frames above this are abuse, and uvicorn closes the socket (1009) before reading them whole.
+WS_MAX_FRAME_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -129,8 +143,11 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
             )
             runner = None
             if role in PROJECTOR_ROLES:
-                counters = RedisCounters(redis.Redis.from_url(container.redis_url))
-                runner = ProjectionRunner(container.app, container.database_url, counters)
+                sync_redis = redis.Redis.from_url(container.redis_url)
+                stack.callback(sync_redis.close)
+                runner = ProjectionRunner(
+                    container.app, container.database_url, RedisCounters(sync_redis), relay=Relay(sync_redis)
+                )
                 runner.start()
                 stack.callback(runner.stop)
             watcher = None
@@ -142,15 +159,45 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
                 await watcher.start()
                 stack.push_async_callback(watcher.stop)
                 read_your_writes = ReadYourWrites(redis_client, watcher)
+                read_model = ReadModel(pool, redis_client)
                 runtime.attach(
-                    read_model=ReadModel(pool, redis_client),
+                    read_model=read_model,
                     wait_for_own_writes=read_your_writes.wait_for_user,
                     note_write=read_your_writes.note_write,
                 )
+                await _start_realtime(stack, runtime, container, redis_client, read_model)
             runtime.attach(projection_status=lambda: _projection_status(container, runner, watcher))
             yield
 
     return build_http_app(runtime, lifespan)
+
+
+async def _start_realtime(
+    stack: AsyncExitStack, runtime: Runtime, container: Container, redis_client: aioredis.Redis, read_model: ReadModel
+) -> None:
+    """The WebSocket side of an api node: fan-out hub, presence, guards, periodic duties."""
+    assert container.redis_url is not None
+    backend = ResilientRedisBackend(container.redis_url)
+    broadcast = Broadcast(backend=backend)
+    await broadcast.connect()
+    stack.push_async_callback(broadcast.disconnect)
+    hub = Hub(broadcast, read_model)
+    stack.push_async_callback(hub.close)
+    backend.add_reconnect_listener(hub.on_reconnect)
+    runtime.attach(
+        hub=hub,
+        presence=PresenceStore(redis_client),
+        rate_limiter=RateLimiter(redis_client, container.settings.rate_limit_per_minute),
+        dedup=DedupCache(redis_client),
+        typing_gate=TypingGate(redis_client),
+    )
+    for duty in (
+        keep_devices_alive(runtime, PRESENCE_REFRESH_S),
+        sweep_presence(runtime, PRESENCE_SWEEP_S),
+        stop_stale_typing(runtime),
+    ):
+        task = asyncio.create_task(duty)
+        stack.callback(task.cancel)
 
 
 def _ensure_read_model(database_url: str) -> None:
@@ -184,7 +231,15 @@ async def _probe_redis(client: aioredis.Redis) -> bool:
 def _serve(settings: Settings, host: str, port: int, role: str) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(settings, role), host=host, port=port, log_level="info", ws="websockets-sansio")
+    uvicorn.run(
+        create_app(settings, role),
+        host=host,
+        port=port,
+        log_level="info",
+        ws="websockets-sansio",
+        ws_max_size=WS_MAX_FRAME_BYTES,
+        ws_per_message_deflate=False,  # compression costs 35-45% throughput and 2x memory per socket
+    )
 
 
 def _mint_token(settings: Settings, user_id: str, ttl_s: int) -> str:

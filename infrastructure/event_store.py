@@ -20,7 +20,7 @@ from uuid import UUID
 from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Identifier
 
 from application.ports import IndexedMessage, MessageIndexChanges
@@ -58,6 +58,10 @@ class MessagingRecorder(PostgresApplicationRecorder):
         self._conversation_notifications_sql = SQL(
             "SELECT notification_id, originator_id, originator_version, topic, state FROM {events}"
             " WHERE originator_id = %s AND originator_version > %s ORDER BY originator_version LIMIT %s"
+        ).format(events=SQL("{}.{}").format(Identifier(datastore.schema), Identifier(self.events_table_name)))
+        self._select_log_sql = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM {events}"
+            " WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
         ).format(events=SQL("{}.{}").format(Identifier(datastore.schema), Identifier(self.events_table_name)))
         self._lookup_sql = SQL(
             "SELECT message_id, conversation_id, sender_id, seq, originator_version, client_message_id,"
@@ -110,6 +114,13 @@ class MessagingRecorder(PostgresApplicationRecorder):
             )
             for row in rows
         }
+
+    def select_log(self, after: int, limit: int) -> list[tuple[int, Any, int, str, bytes]]:
+        """(position, originator_id, version, topic, state) after `after`, as plain tuples: the
+        library's select builds a dict and an object per row, a third of a replay's time."""
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(self._select_log_sql, (after, limit), prepare=True)
+            return curs.fetchall()
 
     def select_conversation_notifications(
         self, conversation_id: UUID, after_version: int = 0, limit: int = 1000

@@ -21,7 +21,12 @@ class FastJSONTranscoder(JSONTranscoder):
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
             return super().decode(data)
-        return self._untag(parsed)
+        # Events are flat: walk only the values that can hold tags, not every string and number.
+        for key, value in parsed.items():
+            kind = type(value)
+            if kind is dict or kind is list:
+                parsed[key] = self._untag(value)
+        return parsed
 
     def _untag(self, value: Any) -> Any:
         if isinstance(value, dict):

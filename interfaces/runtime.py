@@ -30,6 +30,12 @@ class Runtime:
     # Records a user's write position so later reads (on any node) wait for it.
     note_write: Callable[[str, int | None], Awaitable[None]] | None = None
     projection_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    # The real-time layer (api roles): the node's fan-out hub, presence, and the Redis guards.
+    hub: Any = None
+    presence: Any = None
+    rate_limiter: Any = None
+    dedup: Any = None
+    typing_gate: Any = None
 
     def attach(self, **dependencies: Any) -> None:
         for name, value in dependencies.items():

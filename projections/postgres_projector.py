@@ -137,8 +137,9 @@ HANDLERS = {
 }
 
 
-def fold(events: Iterable[tuple[int, Event]]) -> ReadModelChanges:
-    changes = ReadModelChanges()
+def fold(events: Iterable[tuple[int, Event]], into: ReadModelChanges | None = None) -> ReadModelChanges:
+    """Fold events into changes (`into`: keep folding a long run, as a rebuild does)."""
+    changes = into if into is not None else ReadModelChanges()
     for position, event in events:
         handler = HANDLERS.get(type(event))
         if handler is not None:  # an event type this model ignores still advances the position
@@ -167,56 +168,82 @@ def apply(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, expected_
 
     if changes.conversations:
         _copy(cursor, s, "conversations", CONVERSATION_COLUMNS, changes.conversations.values())
-    if changes.participants:
-        cursor.executemany(
+    joined = [row for row in changes.participants.values() if row[5]]
+    if joined:  # (re)joined in this batch: joined_at is this batch's latest join
+        cursor.execute(
             sql.SQL(
-                "INSERT INTO {s}.conversation_participants AS p (conversation_id, user_id, is_active, joined_at, left_at)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (conversation_id, user_id) DO UPDATE SET"
-                " is_active = EXCLUDED.is_active, left_at = EXCLUDED.left_at,"
-                # joined_at is the latest join, whether or not a leave in between reached the table
-                " joined_at = CASE WHEN %s THEN EXCLUDED.joined_at ELSE p.joined_at END"
+                "INSERT INTO {s}.conversation_participants (conversation_id, user_id, is_active, joined_at, left_at)"
+                " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bool[], %s::timestamptz[], %s::timestamptz[])"
+                " ON CONFLICT (conversation_id, user_id) DO UPDATE SET is_active = EXCLUDED.is_active,"
+                " joined_at = EXCLUDED.joined_at, left_at = EXCLUDED.left_at"
             ).format(s=s),
-            list(changes.participants.values()),
+            _columns(joined, 5),
+        )
+    left = [[row[0], row[1], row[4]] for row in changes.participants.values() if not row[5]]
+    if left:  # left without rejoining in this batch: keep the joined_at on record
+        cursor.execute(
+            sql.SQL(
+                "UPDATE {s}.conversation_participants p SET is_active = false, left_at = v.left_at"
+                " FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS v(cid, uid, left_at)"
+                " WHERE p.conversation_id = v.cid AND p.user_id = v.uid"
+            ).format(s=s),
+            _columns(left, 3),
         )
     if changes.messages:
         _copy(cursor, s, "messages", MESSAGE_COLUMNS, changes.messages.values())
     if changes.message_updates:
-        cursor.executemany(
+        updates = [[message_id, *values] for message_id, values in changes.message_updates.items()]
+        cursor.execute(
             sql.SQL(
-                "UPDATE {s}.messages SET content = %s, edited_at = coalesce(%s, edited_at),"
-                " deleted_at = coalesce(%s, deleted_at) WHERE id = %s"
+                "UPDATE {s}.messages m SET content = v.content, edited_at = coalesce(v.edited_at, m.edited_at),"
+                " deleted_at = coalesce(v.deleted_at, m.deleted_at)"
+                " FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[])"
+                " AS v(id, content, edited_at, deleted_at) WHERE m.id = v.id"
             ).format(s=s),
-            [[*values, message_id] for message_id, values in changes.message_updates.items()],
+            _columns(updates, 4),
         )
     if changes.tips:
-        cursor.executemany(
+        tips = [[cid, seq, mid, at] for cid, (seq, mid, at) in changes.tips.items()]
+        cursor.execute(
             sql.SQL(
-                "UPDATE {s}.conversations SET last_seq = %s, last_message_id = %s, last_message_at = %s,"
-                " activity_at = %s WHERE id = %s"
+                "UPDATE {s}.conversations c SET last_seq = v.seq, last_message_id = v.mid, last_message_at = v.at,"
+                " activity_at = v.at FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::timestamptz[])"
+                " AS v(cid, seq, mid, at) WHERE c.id = v.cid"
             ).format(s=s),
-            [[seq, mid, at, at, cid] for cid, (seq, mid, at) in changes.tips.items()],
+            _columns(tips, 4),
         )
     if changes.touched:
-        cursor.executemany(
-            sql.SQL("UPDATE {s}.conversations SET updated_at = greatest(updated_at, %s) WHERE id = %s").format(s=s),
-            [(at, cid) for cid, at in changes.touched.items()],
+        cursor.execute(
+            sql.SQL(
+                "UPDATE {s}.conversations c SET updated_at = greatest(c.updated_at, v.at)"
+                " FROM unnest(%s::uuid[], %s::timestamptz[]) AS v(cid, at) WHERE c.id = v.cid"
+            ).format(s=s),
+            _columns([[cid, at] for cid, at in changes.touched.items()], 2),
         )
     for column, marks in (("read", changes.read_marks), ("delivered", changes.delivered_marks)):
         if marks:
-            cursor.executemany(
+            cursor.execute(
                 sql.SQL(
-                    "UPDATE {s}.conversation_participants SET {up_to} = %s, {at} = %s"
-                    " WHERE conversation_id = %s AND user_id = %s AND {up_to} < %s"
+                    "UPDATE {s}.conversation_participants p SET {up_to} = v.seq, {at} = v.at"
+                    " FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::timestamptz[]) AS v(cid, uid, seq, at)"
+                    " WHERE p.conversation_id = v.cid AND p.user_id = v.uid AND p.{up_to} < v.seq"
                 ).format(
                     s=s,
                     up_to=sql.Identifier(f"{column}_up_to"),
                     at=sql.Identifier(f"last_{column}_at"),
                 ),
-                [[seq, at, cid, user, seq] for (cid, user), (seq, at) in marks.items()],
+                _columns([[cid, user, seq, at] for (cid, user), (seq, at) in marks.items()], 4),
             )
     cursor.execute(
         sql.SQL("UPDATE {s}.tracking SET position = %s WHERE name = 'postgres'").format(s=s), (changes.position,)
     )
+
+
+def copy_messages(cursor: Cursor[Any], schema: str, changes: ReadModelChanges) -> None:
+    """Write the folded new messages now and forget them (a rebuild streams them)."""
+    if changes.messages:
+        _copy(cursor, sql.Identifier(schema), "messages", MESSAGE_COLUMNS, changes.messages.values())
+        changes.messages.clear()
 
 
 def _copy(cursor: Cursor[Any], schema: sql.Identifier, table: str, columns: tuple[str, ...], rows: Iterable[list[Any]]) -> None:
@@ -226,3 +253,8 @@ def _copy(cursor: Cursor[Any], schema: sql.Identifier, table: str, columns: tupl
     with cursor.copy(statement) as copy:
         for row in rows:
             copy.write_row(row)
+
+
+def _columns(rows: list[list[Any]], width: int) -> list[list[Any]]:
+    """Rows to per-column arrays, for one `unnest(...)` statement instead of one per row."""
+    return [[row[i] for row in rows] for i in range(width)]

@@ -113,6 +113,21 @@ GET_MESSAGE = f"SELECT {_MESSAGE_COLUMNS} FROM read.messages m WHERE m.id = $1"
 # Index: the GIN index `messages_search` (this exact expression), then the user's active
 # conversations by participants_by_user. Deleted messages have no content, so they never match;
 # `deleted_at IS NULL` says so explicitly.
+MESSAGES_AFTER = f"""
+SELECT {_MESSAGE_COLUMNS} FROM read.messages m
+WHERE m.conversation_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3"""
+
+MEMBER_CONVERSATIONS = """
+SELECT c.id, c.last_seq FROM read.conversation_participants p
+JOIN read.conversations c ON c.id = p.conversation_id
+WHERE p.user_id = $1 AND p.is_active"""
+
+CONTACTS = """
+SELECT DISTINCT other.user_id FROM read.conversation_participants me
+JOIN read.conversation_participants other
+  ON other.conversation_id = me.conversation_id AND other.is_active AND other.user_id <> me.user_id
+WHERE me.user_id = $1 AND me.is_active"""
+
 _SEARCH_MATCH = "to_tsvector('simple', coalesce(m.content, '')) @@ plainto_tsquery('simple', $2)"
 SEARCH_MY_CONVERSATIONS = f"""
 SELECT {_MESSAGE_COLUMNS}, m.position FROM read.messages m
@@ -214,6 +229,31 @@ class ReadModel:
             lambda row: encode_search_cursor(row["position"]),
             lambda row: _message(row, members.get(row["conversation_id"], ())),
         )
+
+    # ---- for the real-time gateway ------------------------------------------------------------
+
+    async def member_conversations(self, user_id: str) -> dict[UUID, int]:
+        """The user's active conversations and each one's last seq (what a new socket follows)."""
+        rows = await self._pool.fetch(MEMBER_CONVERSATIONS, user_id)
+        return {row["id"]: row["last_seq"] for row in rows}
+
+    async def messages_after(
+        self, conversation_id: UUID, after_seq: int, limit: int, *, user_id: str | None = None
+    ) -> list[MessageView]:
+        """Messages with seq > `after_seq`, oldest first (sync and catch-up). With `user_id`,
+        the access rule applies; without, the caller (the node's hub) already checked it."""
+        async with self._snapshot() as connection:
+            if user_id is not None:
+                members = await _members_of_visible(connection, user_id, conversation_id)
+            else:
+                members = (await _members(connection, [conversation_id])).get(conversation_id, ())
+            rows = await connection.fetch(MESSAGES_AFTER, conversation_id, after_seq, limit)
+        return [_message(row, members) for row in rows]
+
+    async def contacts(self, user_id: str) -> list[str]:
+        """Everyone who shares an active conversation with the user (presence goes to them)."""
+        rows = await self._pool.fetch(CONTACTS, user_id)
+        return [row["user_id"] for row in rows]
 
     # ---- presence (Redis) ---------------------------------------------------------------------
 

@@ -29,12 +29,18 @@ from projections.postgres_projector import ReadModelChanges
 POSITION_KEY = "projection:redis:position"
 REBUILD_CHUNK = 1000  # users (or conversations) per query and pipeline during a full rebuild
 
-# Move the position forward only: a slow, older writer must never move it back.
+# Move the position forward only: a slow, older writer must never move it back. A missing
+# key means Redis lost its data under us (restarted empty): say so instead of recreating it.
 _ADVANCE_POSITION = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
-return current
+local raw = redis.call('GET', KEYS[1])
+if not raw then return -1 end
+if tonumber(ARGV[1]) > tonumber(raw) then redis.call('SET', KEYS[1], ARGV[1]) end
+return tonumber(raw)
 """
+
+
+class RedisLostError(Exception):
+    """Redis no longer holds our position: it lost its data, so everything must be rebuilt."""
 
 
 def unread_total_key(user_id: str) -> str:
@@ -59,8 +65,9 @@ class RedisCounters:
         raw = self.client.get(POSITION_KEY)
         return int(raw) if raw is not None else None
 
-    def refresh(self, cursor: Cursor[Any], changes: ReadModelChanges) -> None:
-        """Recompute every value the batch may have changed, from the committed read model."""
+    def refresh(self, cursor: Cursor[Any], changes: ReadModelChanges) -> dict[str, int]:
+        """Recompute every value the batch may have changed, from the committed read model;
+        returns the new unread total of every user it recomputed (the relay pushes them)."""
         users = {user for _, user in changes.unread_users}
         if changes.unread_conversations:
             cursor.execute(
@@ -70,10 +77,12 @@ class RedisCounters:
             )
             users.update(row[0] for row in cursor.fetchall())
         pipe = self.client.pipeline(transaction=False)
-        self._write_unread(cursor, pipe, sorted(users))
+        totals = self._write_unread(cursor, pipe, sorted(users))
         self._write_last_messages(cursor, pipe, list(changes.last_message_conversations))
         pipe.execute()
-        self._advance(keys=[POSITION_KEY], args=[changes.position])
+        if self._advance(keys=[POSITION_KEY], args=[changes.position]) == -1:
+            raise RedisLostError("the Redis projection's position is gone")
+        return totals
 
     def rebuild(self, cursor: Cursor[Any], position: int) -> None:
         """Recompute everything (Redis lost its data, or `loopify replay`)."""
@@ -90,9 +99,9 @@ class RedisCounters:
 
     # ---- values -------------------------------------------------------------------------------
 
-    def _write_unread(self, cursor: Cursor[Any], pipe: Any, users: list[str]) -> None:
+    def _write_unread(self, cursor: Cursor[Any], pipe: Any, users: list[str]) -> dict[str, int]:
         if not users:
-            return
+            return {}
         cursor.execute(
             "SELECT p.user_id, p.conversation_id, greatest(c.last_seq - p.read_up_to, 0)"
             " FROM read.conversation_participants p JOIN read.conversations c ON c.id = p.conversation_id"
@@ -103,12 +112,15 @@ class RedisCounters:
         for user, conversation_id, unread in cursor.fetchall():
             if unread:
                 per_user[user][str(conversation_id)] = int(unread)
+        totals: dict[str, int] = {}
         for user in users:
             counts = per_user.get(user, {})
-            pipe.set(unread_total_key(user), sum(counts.values()))
+            totals[user] = sum(counts.values())
+            pipe.set(unread_total_key(user), totals[user])
             pipe.delete(unread_by_conversation_key(user))
             if counts:
                 pipe.hset(unread_by_conversation_key(user), mapping=counts)
+        return totals
 
     def _write_last_messages(self, cursor: Cursor[Any], pipe: Any, conversations: Iterable[Any]) -> None:
         conversation_ids = list(conversations)

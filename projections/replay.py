@@ -3,10 +3,10 @@
 1. Build: a new generation (`rm_gN+1`) fills from position 0 beside the live one, in large
    batches, while queries keep reading the live generation through the `read` views and the
    live runner keeps projecting into it.
-2. Switch, in one transaction: lock the pointer row (the live runner's next batch waits),
-   bring both generations to the head of the log, optionally compare them (`--verify`), then
-   repoint the views and the pointer. Readers move atomically on commit; the live runner
-   resumes on the new generation from its tracking row.
+2. Switch: lock the pointer row (the live runner's next batch waits), bring the new (and,
+   with `--verify`, the live) generation to one fixed position and commit that, compare them
+   if asked, then repoint the views and the pointer in the locking transaction. Readers move
+   atomically on its commit; the live runner resumes on the new generation from its tracking.
 3. Drop the old generation, then recompute the Redis projection from the new model.
 """
 
@@ -22,13 +22,14 @@ import psycopg
 from psycopg import sql
 
 from projections.ports import EventLog
-from projections.postgres_projector import apply, fold
+from projections.postgres_projector import ReadModelChanges, apply, copy_messages, fold
 from projections.redis_counters import RedisCounters
 from projections.schema import (
     POINTER_TABLE,
     POSTGRES_MODEL,
     TABLES,
-    create_generation_statements,
+    create_index_statements,
+    create_table_statements,
     ensure_read_model,
     generation_schema,
     live_generation,
@@ -103,31 +104,43 @@ class Replay:
         began = time.monotonic()
         with psycopg.connect(self.database_url) as conn:
             with conn.transaction(), conn.cursor() as cursor:
-                ensure_read_model(cursor)
+                live = ensure_read_model(cursor)
+                _drop_abandoned_generations(cursor, live)  # left by a replay that was killed
                 generation = _next_generation(cursor)
-                for statement in create_generation_statements(generation):
+                for statement in create_table_statements(generation):
                     cursor.execute(statement)
             schema = generation_schema(generation)
-            position, events = self._build(conn, schema, began)
+            position, events = self._build(conn, generation, began)
             differences: dict[str, list[Any]] = {}
-            try:
-                with conn.transaction(), conn.cursor() as cursor:
-                    live = live_generation(cursor, lock="UPDATE")
-                    assert live is not None
-                    position, more = self._catch_up(cursor, schema, position)
-                    events += more
-                    self._catch_up(cursor, generation_schema(live), _tracking(cursor, generation_schema(live)))
-                    if verify and (differences := _compare(cursor, generation_schema(live), schema)):
-                        raise _VerificationFailed  # rolls the switch back: the live model stays
-                    _swap_views(conn, cursor, generation)
-                    cursor.execute(
-                        sql.SQL("UPDATE {p} SET generation = %s, switched_at = now() WHERE name = %s").format(
-                            p=sql.Identifier(POINTER_TABLE)
-                        ),
-                        (generation, POSTGRES_MODEL),
-                    )
-            except _VerificationFailed:
-                pass
+            # Two connections: `switch` holds the pointer row (the live runner's next batch
+            # waits) while `conn` finishes both generations at one `stop` and COMMITS them, so
+            # a query that later waits on the view swap already sees every row it may read.
+            with psycopg.connect(self.database_url) as switch:
+                try:
+                    with switch.transaction(), switch.cursor() as switch_cursor:
+                        live = live_generation(switch_cursor, lock="UPDATE")
+                        assert live is not None
+                        stop = self.event_log.log_head()
+                        with conn.transaction(), conn.cursor() as cursor:
+                            position, more = self._catch_up(cursor, schema, position, stop)
+                            events += more
+                            if verify:  # compare like with like: the live model at the same stop
+                                live_schema = generation_schema(live)
+                                self._catch_up(cursor, live_schema, _tracking(cursor, live_schema), stop)
+                        if verify:
+                            with conn.transaction(), conn.cursor() as cursor:
+                                differences = _compare(cursor, generation_schema(live), schema)
+                            if differences:
+                                raise _VerificationFailed  # rolls the switch back: the live model stays
+                        _swap_views(switch, switch_cursor, generation)
+                        switch_cursor.execute(
+                            sql.SQL("UPDATE {p} SET generation = %s, switched_at = now() WHERE name = %s").format(
+                                p=sql.Identifier(POINTER_TABLE)
+                            ),
+                            (generation, POSTGRES_MODEL),
+                        )
+                except _VerificationFailed:
+                    pass
             switched = not differences
             with conn.transaction(), conn.cursor() as cursor:
                 dropped = live if switched else generation
@@ -149,26 +162,43 @@ class Replay:
 
     # ---- building ------------------------------------------------------------------------
 
-    def _build(self, conn: psycopg.Connection[Any], schema: str, began: float) -> tuple[int, int]:
+    def _build(self, conn: psycopg.Connection[Any], generation: int, began: float) -> tuple[int, int]:
+        """Stream the log into the new, not yet visible generation.
+
+        Messages are copied batch by batch; everything else (conversations, members, watermarks,
+        last messages, edits of earlier messages) is small and keeps folding in memory, to be
+        written once at the end, instead of updating the same rows thousands of times.
+        """
+        schema = generation_schema(generation)
         position, events = 0, 0
+        changes = ReadModelChanges()
         head = self.event_log.log_head()
         while head - position > SWITCH_LAG:
             batch = self.event_log.read_log(position, self.batch_size)
             if not batch:
                 break
+            fold(batch, into=changes)
             with conn.transaction(), conn.cursor() as cursor:
-                apply(cursor, schema, fold(batch), position)
+                _without_fsync(cursor)
+                copy_messages(cursor, schema, changes)
             position = batch[-1][0]
             events += len(batch)
             if position >= head:
                 head = self.event_log.log_head()
             self.on_progress(ReplayProgress(position, head, events, time.monotonic() - began))
+        with conn.transaction(), conn.cursor() as cursor:
+            for statement in create_index_statements(generation):
+                cursor.execute(statement)
+            apply(cursor, schema, changes, 0)  # tracking goes from 0 to `position` in one step
         return position, events
 
-    def _catch_up(self, cursor: psycopg.Cursor[Any], schema: str, position: int) -> tuple[int, int]:
-        """Apply everything after `position` (inside the caller's switching transaction)."""
+    def _catch_up(self, cursor: psycopg.Cursor[Any], schema: str, position: int, stop: int) -> tuple[int, int]:
+        """Apply the events in (`position`, `stop`] to a generation."""
         events = 0
-        while batch := self.event_log.read_log(position, self.batch_size):
+        while position < stop:
+            batch = [(p, e) for p, e in self.event_log.read_log(position, self.batch_size) if p <= stop]
+            if not batch:
+                break
             apply(cursor, schema, fold(batch), position)
             position = batch[-1][0]
             events += len(batch)
@@ -190,10 +220,24 @@ def _swap_views(conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any], gene
     raise RuntimeError(f"could not switch the views in {VIEW_SWAP_ATTEMPTS} attempts; the live model is unchanged")
 
 
-def _next_generation(cursor: psycopg.Cursor[Any]) -> int:
+def _without_fsync(cursor: psycopg.Cursor[Any]) -> None:
+    """A rebuild that crashes starts over, so its batches need not wait for the disk."""
+    cursor.execute("SET LOCAL synchronous_commit = off")
+
+
+def _generations(cursor: psycopg.Cursor[Any]) -> list[int]:
     cursor.execute("SELECT nspname FROM pg_namespace WHERE nspname ~ '^rm_g[0-9]+$'")
-    existing = [int(row[0][4:]) for row in cursor.fetchall()]
-    return max(existing, default=0) + 1
+    return [int(row[0][4:]) for row in cursor.fetchall()]
+
+
+def _drop_abandoned_generations(cursor: psycopg.Cursor[Any], live: int) -> None:
+    for generation in _generations(cursor):
+        if generation != live:
+            cursor.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(generation_schema(generation))))
+
+
+def _next_generation(cursor: psycopg.Cursor[Any]) -> int:
+    return max(_generations(cursor), default=0) + 1
 
 
 def _tracking(cursor: psycopg.Cursor[Any], schema: str) -> int:

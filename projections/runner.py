@@ -25,6 +25,7 @@ import psycopg
 from projections.ports import EventLog
 from projections.postgres_projector import TrackingConflictError, apply, fold
 from projections.redis_counters import RedisCounters
+from projections.relay import Relay
 from projections.schema import PROJECTOR_LOCK_KEY, ensure_read_model, generation_schema, live_generation
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ IDLE_WAIT_S = 1.0  # the LISTEN wait when caught up; it only bounds how fast sto
 STANDBY_POLL_S = 2.0  # a standby retries the leader lock this often: takeover within ~2 s
 RETRY_DELAY_S = 1.0  # after a database or Redis error, pause before reconnecting
 REDIS_CATCH_UP_LIMIT = 50_000  # beyond this gap, rebuilding Redis from Postgres is cheaper
+# Live frames older than this are not worth republishing after a relay outage: connected nodes
+# catch up from the read model when their Redis link comes back, and clients `sync`.
+RELAY_REPUBLISH_LIMIT = 10_000
 
 
 @dataclass
@@ -67,16 +71,20 @@ class ProjectionRunner:
         database_url: str,
         counters: RedisCounters | None,
         *,
+        relay: Relay | None = None,
         batch_size: int = BATCH_SIZE,
     ) -> None:
         self.event_log = event_log
         self.database_url = database_url
         self.counters = counters
+        self.relay = relay
         self.batch_size = batch_size
         self.status = RunnerStatus()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._redis_behind = False  # a refresh failed: catch up from Redis's own position
+        self._next_redis_try = 0.0
+        self._relay_behind = True  # until checked at start: republish what a crash left unsent
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -113,10 +121,12 @@ class ProjectionRunner:
                 return
             control.execute(f'LISTEN "{self.event_log.log_channel}"')
             position = self._tracked_position(work)
-            self._catch_up_redis(work, position)
+            self._redis_behind = True  # checked (and caught up) before the first batch
             while not self._stopping.is_set():
                 if self._redis_behind:
                     self._retry_redis(work, position)
+                if self._relay_behind and not self._redis_behind:
+                    self._republish(work, position)
                 batch = self.event_log.read_log(position, self.batch_size)
                 self.status.head = max(self.status.head, batch[-1][0] if batch else position)
                 if not batch:
@@ -160,24 +170,58 @@ class ProjectionRunner:
         self.status.position = changes.position
         self.status.batches += 1
         self.status.events += len(batch)
+        totals: dict[str, int] = {}
         if self.counters is not None and not self._redis_behind:
             try:
                 with work.transaction(), work.cursor() as cursor:
-                    self.counters.refresh(cursor, changes)
+                    totals = self.counters.refresh(cursor, changes)
                 self.status.redis_position = changes.position
             except Exception as error:  # Redis down: Postgres goes on; Redis catches up later
                 self._redis_behind = True
                 self.status.last_error = f"redis: {error}"
                 log.warning("Redis projection refresh failed: %s", error)
+        if self.relay is not None and not self._relay_behind and not self._redis_behind:
+            try:
+                with work.transaction(), work.cursor() as cursor:
+                    self.relay.publish(cursor, batch, totals)
+            except Exception as error:
+                self._relay_behind = True
+                log.warning("live relay failed: %s", error)
         return changes.position
 
+    def _republish(self, work: psycopg.Connection[Any], position: int) -> None:
+        """Publish what the relay missed (a crash after commit, or Redis down)."""
+        if self.relay is None:
+            self._relay_behind = False
+            return
+        try:
+            after = max(self.relay.position(), position - RELAY_REPUBLISH_LIMIT)
+            while after < position:
+                page = [(p, e) for p, e in self.event_log.read_log(after, self.batch_size) if p <= position]
+                if not page:
+                    break
+                with work.transaction(), work.cursor() as cursor:
+                    self.relay.publish(cursor, page, {})
+                after = page[-1][0]
+            self._relay_behind = False
+        except Exception as error:
+            self.status.last_error = f"relay: {error}"
+            self._stopping.wait(RETRY_DELAY_S)
+
     def _retry_redis(self, work: psycopg.Connection[Any], position: int) -> None:
+        """Catch Redis up; if it is still unreachable, let Postgres projection go on."""
+        if self.counters is None:
+            self._redis_behind = False
+            return
+        now = time.monotonic()
+        if now < self._next_redis_try:
+            return
         try:
             self._catch_up_redis(work, position)
             self._redis_behind = False
         except Exception as error:
             self.status.last_error = f"redis: {error}"
-            self._stopping.wait(RETRY_DELAY_S)
+            self._next_redis_try = now + RETRY_DELAY_S
 
     def _catch_up_redis(self, work: psycopg.Connection[Any], position: int) -> None:
         """Bring Redis to the Postgres model's position after a restart or a Redis loss."""

@@ -31,6 +31,11 @@ def generation_schema(generation: int) -> str:
 
 
 def create_generation_statements(generation: int) -> list[sql.Composed]:
+    return create_table_statements(generation) + create_index_statements(generation)
+
+
+def create_table_statements(generation: int) -> list[sql.Composed]:
+    """The tables alone: a rebuild fills `messages` first and indexes it afterwards."""
     schema = sql.Identifier(generation_schema(generation))
     statements = [
         "CREATE SCHEMA IF NOT EXISTS {s}",
@@ -73,14 +78,25 @@ def create_generation_statements(generation: int) -> list[sql.Composed]:
             client_message_id text,
             created_at timestamptz NOT NULL,
             edited_at timestamptz,
-            deleted_at timestamptz,
-            UNIQUE (conversation_id, seq))""",
+            deleted_at timestamptz)""",
+        "CREATE TABLE IF NOT EXISTS {s}.tracking (name text PRIMARY KEY, position bigint NOT NULL)",
+        "INSERT INTO {s}.tracking (name, position) VALUES ('postgres', 0) ON CONFLICT DO NOTHING",
+    ]
+    return [sql.SQL(statement).format(s=schema) for statement in statements]
+
+
+def create_index_statements(generation: int) -> list[sql.Composed]:
+    """The messages table's keys and indexes (built once over a bulk load: several times
+    faster than maintaining them row by row, the GIN index above all)."""
+    schema = sql.Identifier(generation_schema(generation))
+    statements = [
+        "CREATE UNIQUE INDEX IF NOT EXISTS messages_pkey ON {s}.messages (id)",
+        # Message pages and sync: a conversation's messages by seq (unique: seq is gapless).
+        "CREATE UNIQUE INDEX IF NOT EXISTS messages_conversation_seq ON {s}.messages (conversation_id, seq)",
         # Full-text search; 'simple' because chat is multilingual and full of names and slang.
         """CREATE INDEX IF NOT EXISTS messages_search ON {s}.messages
             USING gin (to_tsvector('simple', coalesce(content, '')))""",
         "CREATE INDEX IF NOT EXISTS messages_by_position ON {s}.messages (conversation_id, position)",
-        "CREATE TABLE IF NOT EXISTS {s}.tracking (name text PRIMARY KEY, position bigint NOT NULL)",
-        "INSERT INTO {s}.tracking (name, position) VALUES ('postgres', 0) ON CONFLICT DO NOTHING",
     ]
     return [sql.SQL(statement).format(s=schema) for statement in statements]
 

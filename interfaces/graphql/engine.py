@@ -1,5 +1,8 @@
 """The tartiflette engine: SDL + scalars + resolvers, and the error shape with `extensions.code`.
 
+Subscription fields get their source streams (`@Subscription` generators) from
+`interfaces.graphql_ws.subscriptions`; they run only over the graphql-transport-ws socket.
+
 Tartiflette registers resolvers in a global registry per `schema_name`; building each engine
 under its own name keeps several engines in one process (tests, multiple apps) apart.
 """
@@ -11,12 +14,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tartiflette import Engine, Resolver
+from tartiflette import Engine, Resolver, Subscription
 
 from interfaces.errors import error_code, public_message
 from interfaces.graphql.mutations import MUTATION_RESOLVERS
 from interfaces.graphql.queries import QUERY_RESOLVERS
 from interfaces.graphql.scalars import register_scalars
+from interfaces.graphql_ws.subscriptions import SUBSCRIPTION_RESOLVERS
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ async def build_engine() -> Engine:
     register_scalars(schema_name)
     for field, resolver in {**QUERY_RESOLVERS, **MUTATION_RESOLVERS}.items():
         Resolver(field, schema_name=schema_name)(resolver)
+    for field, source_stream in SUBSCRIPTION_RESOLVERS.items():
+        Subscription(field, schema_name=schema_name)(source_stream)
     engine = Engine(SDL_PATH.read_text(), schema_name=schema_name, error_coercer=coerce_error)
     await engine.cook()
     return engine

@@ -9,14 +9,16 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from tartiflette import Engine
 
 from interfaces.graphql.engine import build_engine
+from interfaces.graphql_ws.endpoint import graphql_ws_endpoint
 from interfaces.http.graphiql import graphiql_endpoint
 from interfaces.http.graphql_endpoint import graphql_endpoint
 from interfaces.http.health import health_endpoint
 from interfaces.runtime import Runtime
+from interfaces.ws.endpoint import ws_endpoint
 
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
@@ -43,7 +45,10 @@ def build_http_app(runtime: Runtime, lifespan: Lifespan) -> Starlette:
         )
     routes: list[Any] = [
         Route("/health", health_endpoint(runtime), methods=["GET"]),
+        WebSocketRoute("/ws", ws_endpoint(runtime)),
         Route("/graphql", graphql_endpoint(runtime, engine_holder), methods=["POST"]),
+        # Subscriptions (graphql-transport-ws): Starlette matches WebSocket scopes separately.
+        WebSocketRoute("/graphql", graphql_ws_endpoint(runtime, engine_holder)),
         # The GraphiQL page in development; a 404 everywhere else.
         Route("/graphql", graphiql_endpoint(enabled=runtime.is_development), methods=["GET"]),
     ]

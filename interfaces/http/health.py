@@ -43,7 +43,10 @@ def health_endpoint(runtime: Runtime) -> Any:
             "status": status,
             "role": runtime.role,
             "messaging": {
-                "socketGateway": {"status": "healthy", "onlineUsers": 0},
+                "socketGateway": {
+                    "status": "healthy" if runtime.hub is not None or not accepts_commands else "unhealthy",
+                    "onlineUsers": runtime.hub.online_users if runtime.hub is not None else 0,
+                },
                 "messageQueue": {
                     "status": "healthy" if writer_ok else "unhealthy",
                     "isRunning": writer_running,

@@ -1,0 +1,382 @@
+"""A broadcaster backend over Redis pub/sub that confirms subscriptions, survives Redis restarts
+and bounds its memory.
+
+Use it as `broadcaster.Broadcast(backend=ResilientRedisBackend(url))` with a `redis://`,
+`rediss://` or `unix://` URL. It replaces broadcaster 0.3.1's `RedisBackend`, which with
+redis-py 8 delivers nothing (it starts listening before SUBSCRIBE completes), dies silently on a
+connection error and queues without bound.
+
+Redis pub/sub is at-most-once: whatever is published while our connection is down, or while the
+queue is full, is gone. This backend cannot recover those messages; it says that it lost some by
+calling every reconnect listener, and the application re-reads what it missed from its database.
+
+Shape: one reader task owns the pub/sub connection (reading, liveness probes, reconnecting);
+one notifier task calls the listeners, so a slow listener never stops the reading. Publishing
+uses a separate, small connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import redis.asyncio as aioredis
+from broadcaster import BroadcastBackend, Event
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
+
+ReconnectListener = Callable[[], Awaitable[None]]
+
+SUPPORTED_SCHEMES = ("redis", "rediss", "unix")
+
+# At ~22k deliveries/s (one redis-py subscriber, measured) this is about half a second of
+# backlog, ~5 MB of 500-byte messages. A consumer further behind than that is better served by
+# re-reading from the database than by an ever-growing queue, so we drop and signal a gap.
+QUEUE_CAPACITY = 10_000
+# A burst of drops or a flapping connection must not turn into a storm of catch-up reads: at
+# most one listener round per interval; signals arriving meanwhile coalesce into the next round.
+GAP_NOTIFY_INTERVAL_S = 1.0
+# First retry soon (a network blip or a fast Redis restart heals in well under a second), then
+# back off so hundreds of nodes do not hammer a Redis that is still starting; 5 s caps how long
+# the application stays without live updates after Redis is back.
+RECONNECT_BACKOFF_INITIAL_S = 0.1
+RECONNECT_BACKOFF_MAX_S = 5.0
+# Longer than a Redis restart plus a few backoff steps; a caller waiting longer for a live feed
+# is better served by an error it can report.
+SUBSCRIBE_CONFIRM_TIMEOUT_S = 10.0
+# A Redis round trip is ~150 µs here; 2 s means the server or the network is not answering.
+CONNECT_TIMEOUT_S = 2.0
+COMMAND_TIMEOUT_S = 2.0
+# Publishes are short round trips: 16 in flight keep Redis busy, and the cap keeps a publish
+# burst during a slow Redis from opening thousands of sockets (ulimit -n is 20,000 here).
+PUBLISH_POOL_SIZE = 16
+# The reader wakes at least this often to check liveness even when nothing arrives.
+READ_POLL_S = 1.0
+# A quiet connection is probed with PING so a half-open TCP connection (host gone, no RST) is
+# noticed within seconds rather than after the kernel's two-hour keepalive.
+IDLE_PING_INTERVAL_S = 5.0
+PONG_TIMEOUT_S = 5.0
+
+# Errors that mean "the connection is unusable", as opposed to a bug in our code.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class RedisUnavailableError(ConnectionError):
+    """Redis could not be reached or did not answer in time; nothing was published/subscribed."""
+
+
+class _Session:
+    """One pub/sub connection. `lost` is set by whoever sees it fail first."""
+
+    def __init__(self, pubsub: PubSub) -> None:
+        self.pubsub = pubsub
+        self.lost = False
+
+
+class ResilientRedisBackend(BroadcastBackend):
+    def __init__(self, url: str, *, queue_capacity: int = QUEUE_CAPACITY) -> None:
+        # Deliberately not calling BroadcastBackend.__init__: it only raises NotImplementedError.
+        if urlparse(url).scheme not in SUPPORTED_SCHEMES:
+            raise ValueError(f"unsupported Redis URL scheme in {url!r}; use one of {SUPPORTED_SCHEMES}")
+        self._url = url
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=queue_capacity)
+        self._channels: set[str] = set()
+        self._confirm_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._listeners: list[ReconnectListener] = []
+        self._gap = asyncio.Event()
+        self._session: _Session | None = None
+        self._pub_client: aioredis.Redis | None = None
+        self._sub_client: aioredis.Redis | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connected = False
+        self._session_was_ready = False  # did the last session get every channel confirmed?
+        self._reconnects = 0
+        self._dropped = 0
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        """True while the pub/sub connection is up and every channel's subscription is confirmed."""
+        return self._connected
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the pub/sub connection was lost and re-established."""
+        return self._reconnects
+
+    @property
+    def dropped(self) -> int:
+        """How many received messages were discarded because the queue was full."""
+        return self._dropped
+
+    def add_reconnect_listener(self, listener: ReconnectListener) -> None:
+        """Call `await listener()` after messages may have been lost: after a reconnect (once
+        every channel is subscribed again) and after the full queue dropped messages.
+
+        Rounds are at most one per GAP_NOTIFY_INTERVAL_S; an exception in one listener is logged
+        and does not affect the others.
+        """
+        self._listeners.append(listener)
+
+    def remove_reconnect_listener(self, listener: ReconnectListener) -> None:
+        self._listeners.remove(listener)
+
+    # -- BroadcastBackend ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the connections and start reading. Raises RedisUnavailableError if Redis cannot be
+        reached now: failing at startup is clearer than a node that silently has no live feed."""
+        if self._tasks:
+            raise RuntimeError("already connected")
+        options: dict[str, Any] = {
+            "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            "socket_timeout": COMMAND_TIMEOUT_S,
+            # No hidden retries: redis-py's retry would reconnect the pub/sub connection and
+            # resubscribe behind our back, and we would never learn that messages were lost.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self._url, max_connections=PUBLISH_POOL_SIZE, timeout=COMMAND_TIMEOUT_S, **options
+        )
+        self._pub_client = aioredis.Redis(connection_pool=pool)
+        self._sub_client = aioredis.Redis.from_url(self._url, **options)
+        try:
+            first = await self._open_session()
+        except BaseException as error:
+            await self._close_clients()
+            if isinstance(error, CONNECTION_ERRORS):
+                raise RedisUnavailableError(f"cannot connect to Redis: {error}") from error
+            raise
+        self._connected = True
+        self._tasks = [
+            asyncio.create_task(self._read_forever(first), name="redis-broadcast-reader"),
+            asyncio.create_task(self._notify_forever(), name="redis-broadcast-notifier"),
+        ]
+
+    async def disconnect(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._connected = False
+        self._channels.clear()  # a later connect() starts with no subscriptions, like a new backend
+        for waiters in self._confirm_waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(RedisUnavailableError("backend disconnected"))
+        await self._close_clients()
+
+    async def subscribe(self, channel: str) -> None:
+        """Return once Redis has confirmed the subscription, so a message published after this
+        returns is delivered. While Redis is down this waits for the reconnect; it raises
+        RedisUnavailableError if no confirmation comes within SUBSCRIBE_CONFIRM_TIMEOUT_S."""
+        if not self._tasks:
+            raise RuntimeError("connect() first")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirm_waiters.setdefault(channel, []).append(waiter)
+        # Recorded before sending: a session that starts from now on subscribes it too.
+        self._channels.add(channel)
+        try:
+            await self._send(channel, "subscribe")
+            await asyncio.wait_for(waiter, SUBSCRIBE_CONFIRM_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            await self.unsubscribe(channel)
+            raise RedisUnavailableError(
+                f"Redis did not confirm SUBSCRIBE {channel!r} within {SUBSCRIBE_CONFIRM_TIMEOUT_S} s"
+            ) from None
+        except BaseException:  # cancelled, or disconnect() failed the waiter
+            await self.unsubscribe(channel)
+            raise
+        finally:
+            waiters = self._confirm_waiters.get(channel, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._confirm_waiters.pop(channel, None)
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering `channel` at once. Never raises for a connection problem: a session
+        that is down has no subscription to remove, and the next one will not subscribe it."""
+        self._channels.discard(channel)
+        await self._send(channel, "unsubscribe")
+
+    async def publish(self, channel: str, message: Any) -> None:
+        """PUBLISH once, without retrying. Raises RedisUnavailableError while Redis is down or
+        too slow: only the caller knows whether to retry, queue, or report the failure."""
+        if self._pub_client is None:
+            raise RuntimeError("connect() first")
+        try:
+            await self._pub_client.publish(channel, message)
+        except CONNECTION_ERRORS as error:
+            raise RedisUnavailableError(f"cannot publish to {channel!r}: {error}") from error
+
+    async def next_published(self) -> Event:
+        """The next received message, in Redis's order. Some may be missing; every such gap was
+        announced to the reconnect listeners."""
+        return await self._queue.get()
+
+    # -- the reader ----------------------------------------------------------------------------
+
+    async def _open_session(self) -> _Session:
+        assert self._sub_client is not None
+        pubsub = self._sub_client.pubsub()
+        try:
+            await pubsub.connect()
+        except BaseException:
+            await pubsub.aclose()
+            raise
+        return _Session(pubsub)
+
+    async def _read_forever(self, session: _Session | None) -> None:
+        """Read until cancelled; every lost connection is replaced, never given up on."""
+        failures = 0
+        resumed = False
+        while True:
+            if session is None:
+                try:
+                    session = await self._open_session()
+                except CONNECTION_ERRORS as error:
+                    failures += 1
+                    delay = self._backoff(failures)
+                    log.warning("Redis pub/sub reconnect failed (%s); retrying in %.2f s", error, delay)
+                    await asyncio.sleep(delay)
+                    continue
+            try:
+                await self._read_session(session, resumed)
+            except CONNECTION_ERRORS as error:
+                log.warning("Redis pub/sub connection lost: %s", error)
+            except Exception:
+                # Not a connection error, so possibly our bug: log it loudly, but keep the feed.
+                log.exception("Redis pub/sub reader failed; reconnecting")
+            finally:
+                self._connected = False
+                self._session = None
+                await self._close_quietly(session.pubsub)
+            session = None
+            resumed = True
+            failures = 0 if self._session_was_ready else failures + 1
+            await asyncio.sleep(self._backoff(failures))
+
+    async def _read_session(self, session: _Session, resumed: bool) -> None:
+        pubsub = session.pubsub
+        self._session_was_ready = False
+        self._session = session  # from here on, subscribe() sends on this connection itself
+        unconfirmed = set(self._channels)
+        if unconfirmed:
+            await pubsub.subscribe(*unconfirmed)
+        else:
+            self._on_session_ready(resumed)
+        loop = asyncio.get_running_loop()
+        last_heard = last_ping = loop.time()
+        while not session.lost:
+            message = await pubsub.get_message(timeout=READ_POLL_S)
+            now = loop.time()
+            if message is None:
+                silent_for = now - last_heard
+                if silent_for > IDLE_PING_INTERVAL_S + PONG_TIMEOUT_S:
+                    raise RedisTimeoutError(f"no reply to PING for {silent_for:.1f} s: the link is dead")
+                if silent_for > IDLE_PING_INTERVAL_S and now - last_ping > IDLE_PING_INTERVAL_S:
+                    last_ping = now
+                    await pubsub.ping()  # any reply, the pong included, refreshes last_heard
+                continue
+            last_heard = now
+            kind = message["type"]
+            if kind == "message":
+                self._deliver(message["channel"], message["data"])
+            elif kind == "subscribe":
+                channel = _text(message["channel"])
+                self._confirm(channel)
+                if unconfirmed:
+                    unconfirmed.discard(channel)
+                    if not unconfirmed:
+                        self._on_session_ready(resumed)
+        raise RedisConnectionError("the pub/sub connection failed while sending a command")
+
+    def _on_session_ready(self, resumed: bool) -> None:
+        self._connected = True
+        self._session_was_ready = True
+        if resumed:
+            self._reconnects += 1
+            self._gap.set()  # messages published while we were away are lost: catch up
+
+    def _deliver(self, raw_channel: bytes, raw_data: bytes) -> None:
+        channel = _text(raw_channel)
+        if channel not in self._channels:
+            return  # unsubscribed while this message was in flight
+        try:
+            self._queue.put_nowait(Event(channel=channel, message=_text(raw_data)))
+        except asyncio.QueueFull:
+            # Drop the newest instead of blocking: a reader that blocks stops draining the
+            # socket, and Redis then disconnects us at its pub/sub output buffer limit.
+            self._dropped += 1
+            self._gap.set()
+
+    def _confirm(self, channel: str) -> None:
+        for waiter in self._confirm_waiters.get(channel, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _send(self, channel: str, command: str) -> None:
+        """SUBSCRIBE/UNSUBSCRIBE on the live session, if any; its reply reaches the reader."""
+        session = self._session
+        if session is None or session.lost:
+            return  # the next session subscribes exactly self._channels
+        try:
+            if command == "subscribe":
+                await session.pubsub.subscribe(channel)
+            else:
+                await session.pubsub.unsubscribe(channel)
+        except CONNECTION_ERRORS as error:
+            # redis-py may have reconnected this connection quietly while failing; mark it so
+            # the reader replaces it (and resubscribes everything) instead of trusting it.
+            log.warning("Redis pub/sub %s %r failed: %s", command, channel, error)
+            session.lost = True
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(RECONNECT_BACKOFF_MAX_S, RECONNECT_BACKOFF_INITIAL_S * 2 ** min(failures, 16))
+        # Jitter spreads the reconnects of many nodes after one Redis restart.
+        return ceiling * random.uniform(0.5, 1.0)
+
+    # -- the notifier --------------------------------------------------------------------------
+
+    async def _notify_forever(self) -> None:
+        while True:
+            await self._gap.wait()
+            self._gap.clear()
+            await asyncio.gather(*(self._call(listener) for listener in list(self._listeners)))
+            await asyncio.sleep(GAP_NOTIFY_INTERVAL_S)
+
+    async def _call(self, listener: ReconnectListener) -> None:
+        try:
+            await listener()
+        except Exception:
+            log.exception("reconnect listener %r failed", listener)
+
+    # -- cleanup -------------------------------------------------------------------------------
+
+    async def _close_quietly(self, pubsub: PubSub) -> None:
+        try:
+            await pubsub.aclose()
+        except Exception as error:  # closing a dead connection may fail; it is gone either way
+            log.debug("closing the pub/sub connection failed: %s", error)
+
+    async def _close_clients(self) -> None:
+        for client in (self._pub_client, self._sub_client):
+            if client is not None:
+                await client.aclose(close_connection_pool=True)
+        self._pub_client = self._sub_client = None
+
+
+def _text(raw: bytes | str) -> str:
+    # Our publishers send UTF-8 JSON; a foreign publisher's bad bytes must not kill the reader.
+    return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw

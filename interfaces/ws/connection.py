@@ -1,0 +1,94 @@
+"""One WebSocket client (a device): its outbound queue and what it has already been sent.
+
+Frames go through a bounded queue drained by one writer task, so a slow client never makes
+the server buffer without limit: when the queue is full the connection is closed with
+`SLOW_CONSUMER_CODE`, and the client resumes with `sync`. A failure here closes this
+connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from typing import Any
+
+import orjson
+from starlette.websockets import WebSocket
+
+log = logging.getLogger(__name__)
+
+OUTBOUND_QUEUE_LIMIT = 1000  # frames; a client this far behind resumes faster with sync
+SLOW_CONSUMER_CODE = 4008  # "fell behind": reconnect and sync
+RECENT_ACKS = 256  # message ids this device sent itself: it has them from the ack
+
+
+class Connection:
+    def __init__(self, websocket: WebSocket, user_id: str) -> None:
+        self.websocket = websocket
+        self.user_id = user_id
+        self.id = uuid.uuid4().hex
+        self.joined: set[str] = set()  # conversations this device opened (typing goes here)
+        self.seen_seq: dict[str, int] = {}  # per member conversation: highest seq sent live
+        self._acked: deque[str] = deque(maxlen=RECENT_ACKS)
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(OUTBOUND_QUEUE_LIMIT)
+        self.closed = False
+        self._writer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
+
+    async def stop(self) -> None:
+        self.closed = True
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
+
+    # ---- sending -------------------------------------------------------------------------
+
+    def send(self, event: str, data: dict[str, Any] | None = None, request_id: Any = None) -> None:
+        payload: dict[str, Any] = {"event": event, "data": data if data is not None else {}}
+        if request_id is not None:
+            payload = {"event": event, "id": request_id, "data": payload["data"]}
+        self.send_text(orjson.dumps(payload).decode())
+
+    def send_text(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            self._queue.put_nowait(text)
+        except asyncio.QueueFull:
+            log.info("closing %s (%s): outbound queue full", self.id, self.user_id)
+            self.closed = True
+            asyncio.create_task(self._close(SLOW_CONSUMER_CODE, "too far behind: reconnect and sync"))
+
+    def deliver_message(self, conversation_id: str, seq: int, message_id: str | None, text: str) -> None:
+        """A live message: sent once, in seq order; the device's own sends it already has."""
+        if seq <= self.seen_seq.get(conversation_id, 0):
+            return  # already delivered (live, by catch-up, or before this socket connected)
+        self.seen_seq[conversation_id] = seq
+        if message_id is not None and message_id in self._acked:
+            return
+        self.send_text(text)
+
+    def note_own_message(self, message_id: str) -> None:
+        self._acked.append(message_id)
+
+    # ---- the writer task -----------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                text = await self._queue.get()
+                if text is None:
+                    return
+                await self.websocket.send_text(text)
+        except Exception:  # the socket went away; the receive loop ends the session
+            self.closed = True
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.websocket.close(code=code, reason=reason)

@@ -1,0 +1,155 @@
+"""The live relay: committed events out to every api node through Redis pub/sub.
+
+It runs in the projection runner right after a batch is committed to the Postgres read model,
+so anything a client receives live is already readable by `sync` and queries. Each event
+becomes the exact client frame, encoded once; api nodes forward the text untouched.
+
+Channels keep nodes from receiving all traffic:
+  conv:{conversationId}   messages, edits, deletes, receipts, typing — one publish per event,
+                          received only by nodes with a member of that conversation connected;
+  user:{userId}           unread counts and membership changes (a node then subscribes to the
+                          new conversation's channel and catches up from the read model).
+
+Envelope: {"kind", "conversationId", "seq"?, "userId"?, "isMember"?, "frame": "<client frame>"}.
+Live delivery is at-least-once across relay crashes: `RELAY_POSITION_KEY` records what was
+published, and a restarted runner republishes the gap (clients dedupe by id and seq).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+from uuid import UUID
+
+import orjson
+import redis
+from psycopg import Cursor
+
+from domain.conversation import Conversation
+
+RELAY_POSITION_KEY = "projection:relay:position"
+TYPING_KEY = "conversation:typing:{}"  # the seed's set of users typing in a conversation
+
+
+def conversation_channel(conversation_id: Any) -> str:
+    return f"conv:{conversation_id}"
+
+
+def user_channel(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def frame(event: str, data: dict[str, Any]) -> str:
+    return orjson.dumps({"event": event, "data": data}).decode()
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
+def _uuid(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+class Relay:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def position(self) -> int:
+        raw = self.client.get(RELAY_POSITION_KEY)
+        return int(raw) if raw is not None else 0
+
+    def publish(self, cursor: Cursor[Any], events: list[tuple[int, Any]], unread_totals: dict[str, int]) -> int:
+        """Publish a committed batch; returns how many envelopes went out."""
+        changed_messages = self._changed_messages(cursor, events)
+        pipe = self.client.pipeline(transaction=False)
+        count = 0
+        for position, event in events:
+            for channel, envelope in self._envelopes(pipe, position, event, changed_messages):
+                pipe.publish(channel, envelope)
+                count += 1
+        for user, total in unread_totals.items():
+            pipe.publish(user_channel(user), _envelope("user", None, frame("unread_count", {"count": total})))
+            count += 1
+        if events:
+            pipe.set(RELAY_POSITION_KEY, events[-1][0])
+        pipe.execute()
+        return count
+
+    # ---- envelopes per event --------------------------------------------------------------
+
+    def _envelopes(
+        self, pipe: Any, position: int, e: Any, changed: dict[UUID, dict[str, Any]]
+    ) -> Iterable[tuple[str, str]]:
+        cid = str(e.originator_id)
+        if isinstance(e, Conversation.MessageSent):
+            message = {
+                "id": str(e.message_id), "conversationId": cid, "senderId": e.actor_id, "content": e.content,
+                "messageType": e.message_type, "parentMessageId": _uuid(e.parent_message_id), "seq": e.seq,
+                "clientMessageId": e.client_message_id, "createdAt": _iso(e.timestamp), "editedAt": None,
+                "deletedAt": None, "deliveryStatus": "SENT",
+            }
+            body = frame("message_received", {"message": message, "conversationId": cid})
+            yield conversation_channel(cid), _envelope("message", cid, body, seq=e.seq, messageId=str(e.message_id))
+        elif isinstance(e, (Conversation.MessageEdited, Conversation.MessageDeleted)):
+            name = "message_updated" if isinstance(e, Conversation.MessageEdited) else "message_deleted"
+            message = changed.get(e.message_id) or {"id": str(e.message_id), "conversationId": cid, "seq": e.seq}
+            body = frame(name, {"message": message, "conversationId": cid, "messageId": str(e.message_id)})
+            yield conversation_channel(cid), _envelope("update", cid, body)
+        elif isinstance(e, Conversation.MessageRead):
+            body = frame(
+                "messages_read",
+                {"conversationId": cid, "userId": e.actor_id, "readAt": _iso(e.timestamp), "upToSeq": e.up_to_seq},
+            )
+            yield conversation_channel(cid), _envelope("receipt", cid, body)
+        elif isinstance(e, Conversation.MessagesDelivered):
+            body = frame(
+                "messages_delivered",
+                {"conversationId": cid, "userId": e.actor_id, "deliveredAt": _iso(e.timestamp), "upToSeq": e.up_to_seq},
+            )
+            yield conversation_channel(cid), _envelope("receipt", cid, body)
+        elif isinstance(e, Conversation.TypingChanged):
+            key = TYPING_KEY.format(cid)
+            (self.client.sadd if e.is_typing else self.client.srem)(key, e.actor_id)
+            typing_users = sorted(member.decode() for member in self.client.smembers(key))
+            body = frame("typing_update", {"conversationId": cid, "typingUsers": typing_users})
+            yield conversation_channel(cid), _envelope("typing", cid, body)
+        elif isinstance(e, Conversation.ConversationStarted):
+            for user in e.participant_ids:
+                yield user_channel(user), _membership(cid, user, True, position, since_seq=0)
+        elif isinstance(e, Conversation.ParticipantJoined):
+            yield user_channel(e.user_id), _membership(cid, e.user_id, True, position, since_seq=e.since_seq)
+        elif isinstance(e, Conversation.ParticipantLeft):
+            yield user_channel(e.user_id), _membership(cid, e.user_id, False, position)
+
+    @staticmethod
+    def _changed_messages(cursor: Cursor[Any], events: list[tuple[int, Any]]) -> dict[UUID, dict[str, Any]]:
+        """Edited or deleted messages as they now stand in the (just committed) read model."""
+        ids = [e.message_id for _, e in events if isinstance(e, (Conversation.MessageEdited, Conversation.MessageDeleted))]
+        if not ids:
+            return {}
+        cursor.execute(
+            "SELECT id, conversation_id, sender_id, content, message_type, parent_message_id, seq,"
+            " client_message_id, created_at, edited_at, deleted_at FROM read.messages WHERE id = ANY(%s)",
+            (ids,),
+        )
+        return {
+            row[0]: {
+                "id": str(row[0]), "conversationId": str(row[1]), "senderId": row[2], "content": row[3],
+                "messageType": row[4], "parentMessageId": _uuid(row[5]), "seq": row[6], "clientMessageId": row[7],
+                "createdAt": _iso(row[8]), "editedAt": _iso(row[9]), "deletedAt": _iso(row[10]),
+                "deliveryStatus": "SENT",
+            }
+            for row in cursor.fetchall()
+        }
+
+
+def _envelope(kind: str, conversation_id: str | None, body: str, **extra: Any) -> str:
+    return orjson.dumps({"kind": kind, "conversationId": conversation_id, **extra, "frame": body}).decode()
+
+
+def _membership(conversation_id: str, user_id: str, is_member: bool, position: int, since_seq: int = 0) -> str:
+    return orjson.dumps(
+        {"kind": "membership", "conversationId": conversation_id, "userId": user_id, "isMember": is_member,
+         "position": position, "sinceSeq": since_seq, "frame": None}
+    ).decode()
