@@ -18,6 +18,8 @@ import asyncpg
 import psycopg
 import redis
 import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from broadcaster import Broadcast
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -143,7 +145,11 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
             )
             runner = None
             if role in PROJECTOR_ROLES:
-                sync_redis = redis.Redis.from_url(container.redis_url)
+                # Fail fast: while Redis is down the runner projects Postgres and retries Redis
+                # itself; redis-py's own retries would stall every batch for seconds.
+                sync_redis = redis.Redis.from_url(
+                    container.redis_url, retry=Retry(NoBackoff(), 0), socket_timeout=2, socket_connect_timeout=2
+                )
                 stack.callback(sync_redis.close)
                 runner = ProjectionRunner(
                     container.app, container.database_url, RedisCounters(sync_redis), relay=Relay(sync_redis)

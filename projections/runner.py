@@ -96,6 +96,7 @@ class ProjectionRunner:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.status.is_leader = False
 
     @property
     def is_running(self) -> bool:

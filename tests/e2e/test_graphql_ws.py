@@ -54,11 +54,31 @@ def server(env: dict[str, str]) -> Iterator[ServerProcess]:
     process.stop()
 
 
+class People:
+    """Users of one test only (`people["alice"]` is `(user id, token)`); each token is minted
+    by `loopify token` the first time it is asked for."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.suffix = uuid.uuid4().hex[:8]
+        self.tokens: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> tuple[str, str]:
+        user = f"{name}-{self.suffix}"
+        if user not in self.tokens:
+            self.tokens[user] = token_for(self.env, user)
+        return user, self.tokens[user]
+
+
 @pytest.fixture
-def people(env: dict[str, str]) -> dict[str, tuple[str, str]]:
-    """alice, bob and carol for this test only: name -> (user id, token)."""
-    suffix = uuid.uuid4().hex[:8]
-    return {name: (f"{name}-{suffix}", token_for(env, f"{name}-{suffix}")) for name in ("alice", "bob", "carol")}
+def people(env: dict[str, str]) -> People:
+    return People(env)
+
+
+@pytest.fixture(scope="module")
+def tester(env: dict[str, str]) -> tuple[str, str]:
+    """One user for the protocol tests, where no conversation is involved: (user id, token)."""
+    return "protocol-tester", token_for(env, "protocol-tester")
 
 
 def start_direct(server: ServerProcess, token: str, other: str) -> str:
@@ -183,25 +203,25 @@ async def ws_request(ws: ClientConnection, event: str, data: dict[str, Any]) -> 
 
 
 class TestHandshake:
-    def test_a_token_in_the_init_payload_is_acknowledged_with_the_user(self, server: ServerProcess, people: Any) -> None:
-        alice, token = people["alice"]
+    def test_a_token_in_the_init_payload_is_acknowledged_with_the_user(self, server: ServerProcess, tester: tuple[str, str]) -> None:
+        user, token = tester
 
         async def scenario() -> None:
             async with graphql_socket(server) as socket:
                 assert socket.ws.subprotocol == PROTOCOL
                 ack = await socket.init({"token": token})
-                assert ack == {"type": "connection_ack", "payload": {"userId": alice}}
+                assert ack == {"type": "connection_ack", "payload": {"userId": user}}
 
         asyncio.run(scenario())
 
     def test_the_bearer_header_of_the_upgrade_authenticates_an_init_without_payload(
-        self, server: ServerProcess, people: Any
+        self, server: ServerProcess, tester: tuple[str, str]
     ) -> None:
-        alice, token = people["alice"]
+        user, token = tester
 
         async def scenario() -> None:
             async with graphql_socket(server, token=token) as socket:
-                assert (await socket.init())["payload"]["userId"] == alice
+                assert (await socket.init())["payload"]["userId"] == user
 
         asyncio.run(scenario())
 
@@ -238,8 +258,8 @@ class TestHandshake:
 
         asyncio.run(scenario())
 
-    def test_a_second_connection_init_is_closed_with_4429(self, server: ServerProcess, people: Any) -> None:
-        _, token = people["alice"]
+    def test_a_second_connection_init_is_closed_with_4429(self, server: ServerProcess, tester: tuple[str, str]) -> None:
+        _, token = tester
 
         async def scenario() -> None:
             async with graphql_socket(server) as socket:
@@ -275,9 +295,9 @@ class TestProtocolMessages:
         ],
     )
     def test_an_invalid_message_closes_the_socket_with_4400(
-        self, server: ServerProcess, people: Any, raw: str | bytes
+        self, server: ServerProcess, tester: tuple[str, str], raw: str | bytes
     ) -> None:
-        _, token = people["alice"]
+        _, token = tester
 
         async def scenario() -> None:
             async with subscriber(server, token) as socket:
@@ -288,9 +308,9 @@ class TestProtocolMessages:
         asyncio.run(scenario())
 
     def test_a_subscribe_with_the_id_of_an_active_operation_is_closed_with_4409(
-        self, server: ServerProcess, people: Any
+        self, server: ServerProcess, tester: tuple[str, str]
     ) -> None:
-        _, token = people["alice"]
+        _, token = tester
 
         async def scenario() -> None:
             async with subscriber(server, token) as socket:
@@ -301,9 +321,9 @@ class TestProtocolMessages:
         asyncio.run(scenario())
 
     def test_a_ping_gets_a_pong_with_its_payload_and_the_server_pings_on_its_own(
-        self, server: ServerProcess, people: Any
+        self, server: ServerProcess, tester: tuple[str, str]
     ) -> None:
-        _, token = people["alice"]
+        _, token = tester
 
         async def scenario() -> None:
             async with subscriber(server, token) as socket:
@@ -321,19 +341,19 @@ class TestProtocolMessages:
 
 
 class TestOperations:
-    def test_a_query_gets_one_next_then_complete(self, server: ServerProcess, people: Any) -> None:
-        alice, token = people["alice"]
+    def test_a_query_gets_one_next_then_complete(self, server: ServerProcess, tester: tuple[str, str]) -> None:
+        user, token = tester
 
         async def scenario() -> None:
             async with subscriber(server, token) as socket:
                 await socket.send({"id": "q", "type": "subscribe", "payload": {"query": "{ viewer { id } }"}})
-                assert await socket.data("q") == {"viewer": {"id": alice}}
+                assert await socket.data("q") == {"viewer": {"id": user}}
                 assert await socket.message("q") == {"id": "q", "type": "complete"}
 
         asyncio.run(scenario())
 
     def test_a_subscription_streams_until_the_client_completes_it_and_then_its_id_is_free(
-        self, server: ServerProcess, people: Any
+        self, server: ServerProcess, people: People
     ) -> None:
         (_, alice), (bob_id, bob) = people["alice"], people["bob"]
         conversation_id = start_direct(server, alice, bob_id)
@@ -362,9 +382,9 @@ class TestOperations:
         asyncio.run(scenario())
 
     def test_an_invalid_document_gets_an_error_message_and_the_socket_stays_open(
-        self, server: ServerProcess, people: Any
+        self, server: ServerProcess, tester: tuple[str, str]
     ) -> None:
-        _, token = people["alice"]
+        _, token = tester
 
         async def scenario() -> None:
             async with subscriber(server, token) as socket:
@@ -379,7 +399,7 @@ class TestOperations:
         asyncio.run(scenario())
 
     def test_subscribing_to_someone_elses_or_an_unknown_conversation_is_refused_with_its_code(
-        self, server: ServerProcess, people: Any
+        self, server: ServerProcess, people: People
     ) -> None:
         (_, alice), (bob_id, _), (_, carol) = people["alice"], people["bob"], people["carol"]
         conversation_id = start_direct(server, alice, bob_id)
@@ -403,7 +423,7 @@ class TestOperations:
 
 class TestMessageAdded:
     def test_messages_sent_over_graphql_and_over_ws_reach_the_subscriber_in_order(
-        self, server: ServerProcess, people: Any
+        self, server: ServerProcess, people: People
     ) -> None:
         (alice_id, alice), (bob_id, bob) = people["alice"], people["bob"]
         conversation_id = start_direct(server, alice, bob_id)
@@ -423,7 +443,7 @@ class TestMessageAdded:
         asyncio.run(scenario())
 
     def test_after_seq_replays_what_was_missed_then_goes_live_without_loss_or_duplicates(
-        self, server: ServerProcess, people: Any
+        self, server: ServerProcess, people: People
     ) -> None:
         (_, alice), (bob_id, bob) = people["alice"], people["bob"]
         conversation_id = start_direct(server, alice, bob_id)
@@ -461,7 +481,7 @@ class TestMessageAdded:
 
 class TestTypingIndicators:
     def test_typing_on_a_ws_device_reaches_the_subscriber_with_the_full_list(
-        self, server: ServerProcess, people: Any
+        self, server: ServerProcess, people: People
     ) -> None:
         (alice_id, alice), (bob_id, bob) = people["alice"], people["bob"]
         conversation_id = start_direct(server, alice, bob_id)
@@ -481,7 +501,7 @@ class TestTypingIndicators:
 
 class TestUnreadCountUpdated:
     def test_the_total_rises_with_each_message_and_drops_to_zero_on_read(
-        self, server: ServerProcess, people: Any
+        self, server: ServerProcess, people: People
     ) -> None:
         (_, alice), (bob_id, bob) = people["alice"], people["bob"]
         conversation_id = start_direct(server, alice, bob_id)
@@ -507,7 +527,7 @@ class TestUnreadCountUpdated:
 
 class TestUserOnlineStatusChanged:
     def test_a_watched_user_goes_online_with_a_ws_device_and_offline_when_it_leaves(
-        self, server: ServerProcess, people: Any
+        self, server: ServerProcess, people: People
     ) -> None:
         (alice_id, alice), (bob_id, bob) = people["alice"], people["bob"]
         start_direct(server, alice, bob_id)  # presence goes to people who share a conversation
@@ -542,7 +562,7 @@ def install_js_client() -> None:
 
 class TestGraphqlWsNpmClient:
     def test_the_npm_client_resumes_after_seq_and_then_receives_live_messages(
-        self, server: ServerProcess, people: Any
+        self, server: ServerProcess, people: People
     ) -> None:
         install_js_client()
         node = shutil.which("node")

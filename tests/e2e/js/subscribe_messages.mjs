@@ -25,15 +25,16 @@ const client = createClient({
 });
 
 let received = 0;
+let done = false; // disposing the client completes the subscription: that is no failure
 const fail = (what) => {
+  if (done) return;
+  done = true;
   console.error(JSON.stringify({ failed: what }));
   process.exitCode = 1;
   client.dispose(); // the socket closes and node exits once its output is flushed
 };
 
-client.on('closed', (event) => {
-  if (received < Number(count)) fail({ closed: event.code, reason: event.reason });
-});
+client.on('closed', (event) => fail({ closed: event.code, reason: event.reason }));
 
 client.subscribe(
   { query: QUERY, variables: { c: conversationId, after: Number(afterSeq) } },
@@ -42,6 +43,7 @@ client.subscribe(
       console.log(JSON.stringify(payload));
       received += 1;
       if (received === Number(count)) {
+        done = true;
         process.exitCode = 0;
         client.dispose();
       }
