@@ -86,17 +86,38 @@ class MessagingApplication(Application[UUID]):
 
     # ---- the log, as projections read it (projections.ports.EventLog) -----------------------
 
-    def read_log(self, after: int, limit: int) -> list[tuple[int, Any]]:
-        rows = self.recorder.select_log(after, limit)  # type: ignore[attr-defined]
+    def read_log(
+        self, after: int, limit: int, *, stop: int | None = None, exclude_topic: str | None = None
+    ) -> list[tuple[int, Any]]:
+        rows = self.recorder.select_log(after, limit, stop=stop, exclude_topic=exclude_topic)  # type: ignore[attr-defined]
         decode = self.mapper.to_domain_event
         return [(row[0], decode(_LogRow(row[1], row[2], row[3], row[4]))) for row in rows]
 
     def log_head(self) -> int:
         return self.max_position()
 
+    def bulk_message_source(self) -> BulkMessageSource | None:
+        plain_json = self.mapper.cipher is None and self.mapper.compressor is None
+        current_shape = getattr(Conversation.MessageSent, "class_version", 1) == 1
+        if not (plain_json and current_shape):
+            return None
+        return BulkMessageSource(
+            schema=self.recorder.datastore.schema,  # type: ignore[attr-defined]
+            events_table=self.recorder.events_table_name,  # type: ignore[attr-defined]
+            message_sent_topic=Conversation.MessageSent.TOPIC,
+        )
+
     @property
     def log_channel(self) -> str:
         return self.recorder.channel_name  # type: ignore[attr-defined,no-any-return]
+
+
+class BulkMessageSource(NamedTuple):
+    """Where MessageSent rows live, for a rebuild that reads them with SQL."""
+
+    schema: str
+    events_table: str
+    message_sent_topic: str
 
 
 class _LogRow(NamedTuple):

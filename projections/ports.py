@@ -5,11 +5,25 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 
+class BulkMessageSource(Protocol):
+    schema: str
+    events_table: str
+    message_sent_topic: str
+
+
 class EventLog(Protocol):
     """The event log, read in notification-id order (= commit order, thanks to the table lock)."""
 
-    def read_log(self, after: int, limit: int) -> list[tuple[int, Any]]:
-        """Up to `limit` (position, domain event) pairs with position > `after`."""
+    def read_log(
+        self, after: int, limit: int, *, stop: int | None = None, exclude_topic: str | None = None
+    ) -> list[tuple[int, Any]]:
+        """Up to `limit` (position, domain event) pairs with `after` < position (<= `stop`),
+        optionally skipping one event topic."""
+        ...
+
+    def bulk_message_source(self) -> BulkMessageSource | None:
+        """Where MessageSent rows can be read by SQL directly, or None when the stored state is
+        not plain JSON of the current event shape (a cipher, compression, or upcasters)."""
         ...
 
     def log_head(self) -> int:

@@ -36,8 +36,9 @@ class ReadModelChanges:
     message_updates: dict[UUID, list[Any]] = field(default_factory=dict)  # [content, edited_at, deleted_at]
     tips: dict[UUID, list[Any]] = field(default_factory=dict)  # [last_seq, last_id, last_at]
     touched: dict[UUID, datetime] = field(default_factory=dict)  # latest change: the new updated_at
-    read_marks: dict[tuple[UUID, str], tuple[int, datetime]] = field(default_factory=dict)
-    delivered_marks: dict[tuple[UUID, str], tuple[int, datetime]] = field(default_factory=dict)
+    # (conversation, user) -> (seq, at, position): the first event to reach the highest seq wins
+    read_marks: dict[tuple[UUID, str], tuple[int, datetime, int]] = field(default_factory=dict)
+    delivered_marks: dict[tuple[UUID, str], tuple[int, datetime, int]] = field(default_factory=dict)
     # For the Redis projection: whose unread counts and which inbox rows may have changed.
     unread_conversations: set[UUID] = field(default_factory=set)
     unread_users: set[tuple[UUID, str]] = field(default_factory=set)
@@ -58,8 +59,8 @@ class ReadModelChanges:
         key = (e.originator_id, e.user_id)
         self.participants[key] = [e.originator_id, e.user_id, True, e.timestamp, None, True]
         # A newcomer sees the history, but it is not news to them: it starts out read.
-        self._raise_mark(self.read_marks, key, e.since_seq, e.timestamp)
-        self._raise_mark(self.delivered_marks, key, e.since_seq, e.timestamp)
+        self._raise_mark(self.read_marks, key, e.since_seq, e.timestamp, position)
+        self._raise_mark(self.delivered_marks, key, e.since_seq, e.timestamp, position)
         self.touched[e.originator_id] = e.timestamp
         self.unread_users.add(key)
 
@@ -79,8 +80,8 @@ class ReadModelChanges:
         self.tips[e.originator_id] = [e.seq, e.message_id, e.timestamp]
         self.touched[e.originator_id] = e.timestamp
         # The sender has read (and received) everything up to their own message.
-        self._raise_mark(self.read_marks, (e.originator_id, e.actor_id), e.seq, e.timestamp)
-        self._raise_mark(self.delivered_marks, (e.originator_id, e.actor_id), e.seq, e.timestamp)
+        self._raise_mark(self.read_marks, (e.originator_id, e.actor_id), e.seq, e.timestamp, position)
+        self._raise_mark(self.delivered_marks, (e.originator_id, e.actor_id), e.seq, e.timestamp, position)
         self.unread_conversations.add(e.originator_id)
         self.last_message_conversations.add(e.originator_id)
 
@@ -95,12 +96,12 @@ class ReadModelChanges:
         self.last_message_conversations.add(e.originator_id)
 
     def on_message_read(self, e: Conversation.MessageRead, position: int) -> None:
-        self._raise_mark(self.read_marks, (e.originator_id, e.actor_id), e.up_to_seq, e.timestamp)
-        self._raise_mark(self.delivered_marks, (e.originator_id, e.actor_id), e.up_to_seq, e.timestamp)
+        self._raise_mark(self.read_marks, (e.originator_id, e.actor_id), e.up_to_seq, e.timestamp, position)
+        self._raise_mark(self.delivered_marks, (e.originator_id, e.actor_id), e.up_to_seq, e.timestamp, position)
         self.unread_users.add((e.originator_id, e.actor_id))
 
     def on_messages_delivered(self, e: Conversation.MessagesDelivered, position: int) -> None:
-        self._raise_mark(self.delivered_marks, (e.originator_id, e.actor_id), e.up_to_seq, e.timestamp)
+        self._raise_mark(self.delivered_marks, (e.originator_id, e.actor_id), e.up_to_seq, e.timestamp, position)
 
     def on_typing_changed(self, e: Conversation.TypingChanged, position: int) -> None:
         pass  # ephemeral: lives in Redis for the real-time layer, not in the read model
@@ -118,10 +119,11 @@ class ReadModelChanges:
         update[2] = changes.get("deleted_at", update[2])
 
     @staticmethod
-    def _raise_mark(marks: dict[Any, tuple[int, datetime]], key: Any, seq: int, at: datetime) -> None:
+    def _raise_mark(marks: dict[Any, tuple[int, datetime, int]], key: Any, seq: int, at: datetime, position: int) -> None:
+        """Keep the highest seq; on a tie, the earlier event (it reached that seq first)."""
         current = marks.get(key)
-        if current is None or seq > current[0]:
-            marks[key] = (seq, at)
+        if current is None or seq > current[0] or (seq == current[0] and position < current[2]):
+            marks[key] = (seq, at, position)
 
 
 HANDLERS = {
@@ -232,7 +234,7 @@ def apply(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, expected_
                     up_to=sql.Identifier(f"{column}_up_to"),
                     at=sql.Identifier(f"last_{column}_at"),
                 ),
-                _columns([[cid, user, seq, at] for (cid, user), (seq, at) in marks.items()], 4),
+                _columns([[cid, user, seq, at] for (cid, user), (seq, at, _) in marks.items()], 4),
             )
     cursor.execute(
         sql.SQL("UPDATE {s}.tracking SET position = %s WHERE name = 'postgres'").format(s=s), (changes.position,)

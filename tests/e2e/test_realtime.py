@@ -447,8 +447,11 @@ class TestRedisRestart:
                 )
                 assert during["event"] in ("ack", "error"), during
 
-                # Redis comes back on the same port, empty.
+                # Redis comes back on the same port, empty, and both nodes report it healthy.
+                # (Requests right after the restart may fail: see the xfail test below.)
                 await asyncio.to_thread(cluster.redis.start)
+                for node in cluster.nodes:
+                    await until_healthy(node)
 
                 # Alice's sends go through again (each retried with its clientMessageId).
                 after = [await send_when_possible(alice, cid, f"after {n}", f"after-{n}") for n in range(1, 4)]
@@ -477,26 +480,158 @@ class TestRedisRestart:
         run(story())
 
 
-async def send_when_possible(client: WsClient, cid: str, content: str, client_message_id: str) -> dict[str, Any]:
-    """Send, retrying with the same clientMessageId until acked (bounded): the gateway may refuse
-    while its Redis connections come back; a retry never creates a second message."""
-    data = {"conversationId": cid, "content": content, "clientMessageId": client_message_id}
-    replies: list[dict[str, Any]] = []
+async def until_healthy(server: ServerProcess) -> None:
+    """Poll /health until the node reports every dependency healthy (bounded)."""
+    bodies: list[Any] = []
 
-    async def attempt() -> dict[str, Any] | None:
-        reply = await client.request("send_message", data)
-        replies.append(reply)
-        if reply["event"] == "ack":
-            return reply["data"]["message"]
-        await asyncio.sleep(RETRY_INTERVAL_S)  # the poll interval of this bounded retry loop
-        return None
+    async def healthy() -> bool:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as http:
+            response = await http.get(f"{server.url}/health")
+        bodies.append(response.json())
+        return response.status_code == 200 and response.json()["status"] == "ok"
 
     deadline = asyncio.get_running_loop().time() + REDIS_RECOVERY_TIMEOUT_S
+    while not await healthy():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{server.url} not healthy within {REDIS_RECOVERY_TIMEOUT_S} s: {bodies[-1]}")
+        await asyncio.sleep(RETRY_INTERVAL_S)  # the poll interval of this bounded wait
+
+
+class TestRightAfterARedisRestart:
+    @pytest.mark.xfail(
+        strict=True,
+        reason="api nodes' Redis clients do not retry a dead pooled connection: after a Redis restart the"
+        " first command on each one fails (redis ConnectionError 'Connection closed by server'), so a node's"
+        " first presence_update is lost (interfaces/ws/endpoint.py _announce_presence logs 'could not"
+        " announce presence'; ResilientRedisBackend's publish pool uses Retry(NoBackoff(), 0)), and the first"
+        " requests that touch Redis get INTERNAL (bootstrap.py create_app: aioredis.from_url(redis_url) has"
+        " redis-py 8.1's default of 0 retries).",
+    )
+    def test_a_user_who_comes_online_after_the_restart_is_announced_to_her_contacts(self, cluster: Cluster) -> None:
+        node_a, node_b = cluster.nodes
+
+        async def story() -> None:
+            async with Devices() as devices:
+                # Alice (node A) has conversations with Bob and Carol; Bob is online on node B.
+                alice = await devices.open(node_a, "alice", "alice")
+                with_bob = await start_conversation(node_a, "alice", "bob")
+                with_carol = await start_conversation(node_a, "alice", "carol")
+                await alice.ack("join_conversation", {"conversationId": with_bob})
+                await devices.open(node_b, "bob", "bob")
+                await alice.wait_event("presence_update", lambda d: d["userId"] == "bob" and d["isOnline"])
+
+                # Redis restarts; both nodes are healthy and subscribed again, the projector caught up.
+                await restart_redis_and_settle(cluster, alice, with_bob)
+
+                # Carol comes online on node B and writes to Alice: the announcement reaches Alice
+                # first (it was published before Carol's `connected` frame, her message after).
+                carol = await devices.open(node_b, "carol", "carol")
+                message = await carol.send_message(with_carol, "hello alice")
+                await alice.until(lambda: message["seq"] in alice.seqs(with_carol), "carol's message")
+                assert [d["isOnline"] for d in alice.events("presence_update") if d["userId"] == "carol"] == [True]
+
+        run(story())
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="projections/runner.py ProjectionRunner._project: when the Redis counters refresh fails (always"
+        " for the first batch after a Redis restart: RedisLostError 'the Redis projection's position is gone';"
+        " and for every batch while Redis is down) the relay publish is skipped but _relay_behind is not set,"
+        " so _republish never publishes that batch: its messages, typing and receipts never reach connected"
+        " devices live (a device that does not sync misses them; observed with a message too).",
+    )
+    def test_the_first_event_committed_after_a_redis_restart_is_relayed_live(self, cluster: Cluster) -> None:
+        node_a, node_b = cluster.nodes
+
+        async def story() -> None:
+            async with Devices() as devices:
+                # Alice (node A) and Bob (node B) both have the conversation open.
+                alice = await devices.open(node_a, "alice", "alice")
+                cid = await start_conversation(node_a, "alice", "bob")
+                await alice.ack("join_conversation", {"conversationId": cid})
+                bob = await devices.open(node_b, "bob", "bob")
+                await bob.ack("join_conversation", {"conversationId": cid})
+
+                # Redis restarts; both nodes are healthy and subscribed to the conversation again.
+                cluster.redis.kill()
+                await asyncio.to_thread(cluster.redis.start)
+                for node in cluster.nodes:
+                    await until_healthy(node)
+                await until_resubscribed(cluster, f"conv:{cid}", 2)
+
+                # The first event after the restart: Alice starts typing (the hub never catches
+                # typing up from the database, so only the relay can bring it to Bob).
+                await retry_until_acked(alice, "typing", {"conversationId": cid, "isTyping": True})
+                await until_projected(cluster)
+
+                # Then she sends a message, and Bob receives it live.
+                message = await send_when_possible(alice, cid, "typed this", "typed-1")
+                await bob.until(lambda: message["seq"] in bob.seqs(cid), "the message, live",
+                                timeout=REDIS_RECOVERY_TIMEOUT_S)
+
+                # Everything committed before the message was relayed before it.
+                received = [f["event"] for f in bob.frames if f["event"] in ("typing_update", "message_received")]
+                assert received[:2] == ["typing_update", "message_received"], received
+
+        run(story())
+
+
+async def restart_redis_and_settle(cluster: Cluster, sender: WsClient, cid: str) -> None:
+    """Crash and restart Redis, then wait until every part has noticed: both nodes report it
+    healthy, both have resubscribed the conversation, and a first event went through the projector
+    (the first batch after a restart finds the Redis projection gone and rebuilds it)."""
+    cluster.redis.kill()
+    await asyncio.to_thread(cluster.redis.start)
+    for node in cluster.nodes:
+        await until_healthy(node)
+    await until_resubscribed(cluster, f"conv:{cid}", 2)
+    await send_when_possible(sender, cid, "back after the restart", f"settle-{uuid.uuid4().hex}")
+    await until_projected(cluster)
+
+
+async def until_resubscribed(cluster: Cluster, channel: str, nodes: int) -> None:
+    """Wait until `nodes` api nodes subscribe `channel` on the restarted Redis (relay.py names them)."""
+    await eventually(
+        lambda: cluster.redis.subscribers(channel) >= nodes, f"{nodes} subscribers of {channel}",
+        timeout=REDIS_RECOVERY_TIMEOUT_S,
+    )
+
+
+async def until_projected(cluster: Cluster) -> None:
+    """Wait until the projector has projected (and relayed) the whole log."""
+    statuses: list[Any] = []
+
+    async def caught_up() -> bool:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as http:
+            body = (await http.get(f"{cluster.projector.url}/health")).json()
+        statuses.append(body.get("projection"))
+        projection = body.get("projection") or {}
+        return projection.get("lag") == 0 and projection.get("redisPosition") == projection.get("position")
+
+    deadline = asyncio.get_running_loop().time() + REDIS_RECOVERY_TIMEOUT_S
+    while not await caught_up():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the projector did not catch up within {REDIS_RECOVERY_TIMEOUT_S} s: {statuses[-1]}")
+        await asyncio.sleep(RETRY_INTERVAL_S)  # the poll interval of this bounded wait
+
+
+async def retry_until_acked(client: WsClient, event: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Send until acked (bounded): right after a Redis restart a node may refuse a request once."""
+    replies: list[dict[str, Any]] = []
+    deadline = asyncio.get_running_loop().time() + REDIS_RECOVERY_TIMEOUT_S
     while asyncio.get_running_loop().time() < deadline:
-        message = await attempt()
-        if message is not None:
-            return message
-    raise AssertionError(f"no ack for {client_message_id!r} within {REDIS_RECOVERY_TIMEOUT_S} s: {replies[-3:]}")
+        reply = await client.request(event, data)
+        replies.append(reply)
+        if reply["event"] == "ack":
+            return reply["data"]
+        await asyncio.sleep(RETRY_INTERVAL_S)  # the poll interval of this bounded retry loop
+    raise AssertionError(f"{event} was not acked within {REDIS_RECOVERY_TIMEOUT_S} s: {replies[-3:]}")
+
+
+async def send_when_possible(client: WsClient, cid: str, content: str, client_message_id: str) -> dict[str, Any]:
+    """Send until acked, always with the same clientMessageId: a retry never creates a second message."""
+    data = {"conversationId": cid, "content": content, "clientMessageId": client_message_id}
+    return (await retry_until_acked(client, "send_message", data))["message"]
 
 
 # ---- limits and bad input on one server -------------------------------------------------------

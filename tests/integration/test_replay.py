@@ -67,6 +67,9 @@ POOL_SIZE = 2  # a client asks one question at a time; two proves nothing depend
 # beside the live traffic (the real 5,000/5,000 would do the whole replay in the switch).
 SMALL_REPLAY_BATCH = 40
 SMALL_SWITCH_LAG = 40
+# Both ways a rebuild reads the log: every event through the Python fold, and MessageSent rows
+# by SQL in small position ranges (so a few hundred events still make several steps).
+BUILD_PATHS = [None, 40]
 DURING_BUILD = 5  # messages that must arrive while the build runs (and again after the switch)
 REPLAY_TIMEOUT_S = 60.0  # a replay of a few hundred events takes well under a second here
 PROBE_APPLICATION = "replay-probe"  # names the one reader the switch test watches in pg_stat_activity
@@ -280,6 +283,7 @@ class KeepSending:
 
 
 class TestRebuildWhileWriting:
+    @pytest.mark.parametrize("bulk_range", BUILD_PATHS, ids=["python-fold", "sql-bulk"])
     def test_nothing_is_lost_or_duplicated_and_the_live_runner_moves_to_the_new_generation(
         self,
         live: Live,
@@ -288,6 +292,7 @@ class TestRebuildWhileWriting:
         make_counters: Any,
         in_background: Callable[..., Future[Any]],
         monkeypatch: pytest.MonkeyPatch,
+        bulk_range: int | None,
     ) -> None:
         monkeypatch.setattr(replay_module, "SWITCH_LAG", SMALL_SWITCH_LAG)
         app = live.chat.node.app
@@ -303,7 +308,9 @@ class TestRebuildWhileWriting:
                 wait_until(lambda: sender.sent >= start + DURING_BUILD, "messages to arrive during the build")
             progress.append(step)
 
-        replay = Replay(app, database_url, make_counters(), batch_size=SMALL_REPLAY_BATCH, on_progress=note_progress)
+        replay = Replay(
+            app, database_url, make_counters(), batch_size=SMALL_REPLAY_BATCH, bulk_range=bulk_range, on_progress=note_progress
+        )
         report = replay.rebuild_postgres()
         after_switch = sender.sent
         wait_until(lambda: sender.sent >= after_switch + DURING_BUILD, "messages to arrive after the switch")
@@ -393,6 +400,7 @@ class AskAgainAndAgain:
 
 
 class TestQueriesDuringARebuild:
+    @pytest.mark.parametrize("bulk_range", BUILD_PATHS, ids=["python-fold", "sql-bulk"])
     def test_queries_keep_answering_while_the_replay_builds_and_switches(
         self,
         live: Live,
@@ -400,6 +408,7 @@ class TestQueriesDuringARebuild:
         make_counters: Any,
         in_background: Callable[..., Future[Any]],
         monkeypatch: pytest.MonkeyPatch,
+        bulk_range: int | None,
     ) -> None:
         monkeypatch.setattr(replay_module, "SWITCH_LAG", SMALL_SWITCH_LAG)
         expected = ask(database_url, lambda rm: quick_answers(rm, live))
@@ -420,6 +429,7 @@ class TestQueriesDuringARebuild:
             database_url,
             make_counters(),
             batch_size=SMALL_REPLAY_BATCH,
+            bulk_range=bulk_range,
             on_progress=ask_during_the_build,
         ).rebuild_postgres(verify=True)
         switched_at = len(client.rounds)
