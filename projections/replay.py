@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -212,23 +213,18 @@ class Replay:
         """
         schema = generation_schema(generation)
         head = self.event_log.log_head()
-        events = 0
-        assert self.bulk_range is not None
-        for start in range(0, head, self.bulk_range):
-            stop = min(start + self.bulk_range, head)
-            with conn.transaction(), conn.cursor() as cursor:
-                _without_fsync(cursor)
-                cursor.execute(_bulk_insert_messages(schema, source), (start, stop, source.message_sent_topic))
-                events += cursor.rowcount
-            self.on_progress(ReplayProgress(stop, head, stop, time.monotonic() - began))
-        changes = ReadModelChanges()
-        position = 0
-        while batch := self.event_log.read_log(
-            position, self.batch_size, stop=head, exclude_topic=source.message_sent_topic
-        ):
-            fold(batch, into=changes)
-            position = batch[-1][0]
-            events += len(batch)
+        # Postgres copies the messages on one core while Python folds the rest on the other.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-bulk") as pool:
+            copying = pool.submit(self._copy_messages_in_bulk, schema, source, head, began)
+            changes = ReadModelChanges()
+            position, events = 0, 0
+            while batch := self.event_log.read_log(
+                position, self.batch_size, stop=head, exclude_topic=source.message_sent_topic
+            ):
+                fold(batch, into=changes)
+                position = batch[-1][0]
+                events += len(batch)
+            events += copying.result()
         with conn.transaction(), conn.cursor() as cursor:
             cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")  # index builds sort in memory
             for statement in create_index_statements(generation):
@@ -237,6 +233,19 @@ class Replay:
             changes.position = head
             apply(cursor, schema, changes, 0)
         return head, events
+
+    def _copy_messages_in_bulk(self, schema: str, source: BulkMessageSource, head: int, began: float) -> int:
+        assert self.bulk_range is not None
+        copied = 0
+        with psycopg.connect(self.database_url) as conn:
+            for start in range(0, head, self.bulk_range):
+                stop = min(start + self.bulk_range, head)
+                with conn.transaction(), conn.cursor() as cursor:
+                    _without_fsync(cursor)
+                    cursor.execute(_bulk_insert_messages(schema, source), (start, stop, source.message_sent_topic))
+                    copied += cursor.rowcount
+                self.on_progress(ReplayProgress(stop, head, stop, time.monotonic() - began))
+        return copied
 
     def _catch_up(self, cursor: psycopg.Cursor[Any], schema: str, position: int, stop: int) -> tuple[int, int]:
         """Apply the events in (`position`, `stop`] to a generation."""

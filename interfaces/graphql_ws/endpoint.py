@@ -107,6 +107,13 @@ class GraphQLWsSocket:
         self._closed = False
         self._send_lock = asyncio.Lock()
         self._chores: set[asyncio.Task[None]] = set()  # timers and closes started from callbacks
+        self._handlers: dict[type, Any] = {
+            ConnectionInit: self._on_connection_init,
+            Ping: self._on_ping,
+            Pong: self._on_pong,
+            Subscribe: self._on_subscribe,
+            Complete: self._on_complete,
+        }
 
     # ---- the receive loop --------------------------------------------------------------------
 
@@ -133,14 +140,7 @@ class GraphQLWsSocket:
             await self._tear_down()
 
     async def _handle(self, message: ClientMessage) -> None:
-        handlers = {
-            ConnectionInit: self._on_connection_init,
-            Ping: self._on_ping,
-            Pong: self._on_pong,
-            Subscribe: self._on_subscribe,
-            Complete: self._on_complete,
-        }
-        await handlers[type(message)](message)  # type: ignore[operator]
+        await self._handlers[type(message)](message)
 
     # ---- connection ----------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ async def run_operation(
     context = {"request_context": request, SCOPE_KEY: scope}
     try:
         if operation_kind(message.query, message.operation_name) in ("query", "mutation"):
+            scope.now_live()  # one result, no stream: the socket need not wait for it
             result = await engine.execute(
                 message.query, operation_name=message.operation_name, context=context, variables=message.variables
             )

@@ -46,6 +46,8 @@ RETRY_INTERVAL_S = 0.2  # between attempts to send while Redis is coming back
 CRASHED_PRESENCE_TIMEOUT_S = 75.0
 # The auth window for a first `connect` frame is 10 s; 15 s bounds the wait for the close.
 AUTH_WINDOW_TIMEOUT_S = 15.0
+# Typing stops 6 s after the last refresh, checked every second: 15 s bounds the wait.
+TYPING_STOP_TIMEOUT_S = 15.0
 HTTP_TIMEOUT_S = 30.0
 UNAUTHORIZED = 4401
 MAX_CONTENT_CHARS = 4000
@@ -725,6 +727,61 @@ class TestBadFrames:
                 # The connection and the conversation are unharmed: the longest allowed content goes.
                 message = await client.send_message(cid, "y" * MAX_CONTENT_CHARS)
                 assert (message["seq"], len(message["content"])) == (1, MAX_CONTENT_CHARS)
+
+        run(story())
+
+
+class TestTyping:
+    def test_typing_that_is_not_refreshed_stops_by_itself(self, server: ServerProcess) -> None:
+        alice, bob = unique("alice"), unique("bob")
+
+        async def story() -> None:
+            async with Devices() as devices:
+                alice_device = await devices.open(server, alice, "alice")
+                cid = await start_conversation(server, alice, bob)
+                bob_device = await devices.open(server, bob, "bob")
+                await bob_device.ack("join_conversation", {"conversationId": cid})
+
+                # Alice starts typing and her client goes quiet (no refresh, no stop).
+                await alice_device.ack("typing", {"conversationId": cid, "isTyping": True})
+                await bob_device.wait_event("typing_update", lambda d: d["typingUsers"] == [alice])
+
+                # The server stops it after TYPING_EXPIRY_S (6 s) plus a sweep.
+                await bob_device.wait_event("typing_update", lambda d: d["typingUsers"] == [], timeout=TYPING_STOP_TIMEOUT_S)
+
+        run(story())
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="sending a message clears the sender's typing in the aggregate (domain/conversation.py"
+        " _message_sent: self.typing.pop) but projections/relay.py publishes no typing_update for it and"
+        " never removes the sender from conversation:typing:{id}; her later typing:false is no state change,"
+        " so no event: every device keeps showing her as typing, and the next typing_update of anyone"
+        " still lists her (['alice', 'bob'] instead of ['bob']).",
+    )
+    def test_after_the_typist_sends_her_message_she_is_no_longer_listed_as_typing(self, server: ServerProcess) -> None:
+        alice, bob = unique("alice"), unique("bob")
+
+        async def story() -> None:
+            async with Devices() as devices:
+                alice_device = await devices.open(server, alice, "alice")
+                cid = await start_conversation(server, alice, bob)
+                bob_device = await devices.open(server, bob, "bob")
+                for device in (alice_device, bob_device):
+                    await device.ack("join_conversation", {"conversationId": cid})
+
+                # Alice types, sends, and her client says she stopped typing.
+                await alice_device.ack("typing", {"conversationId": cid, "isTyping": True})
+                await bob_device.wait_event("typing_update", lambda d: d["typingUsers"] == [alice])
+                message = await alice_device.send_message(cid, "here is my offer")
+                await bob_device.until(lambda: message["seq"] in bob_device.seqs(cid), "alice's message")
+                await alice_device.ack("typing", {"conversationId": cid, "isTyping": False})
+
+                # Bob starts typing: the list shows Bob alone.
+                since = alice_device.mark()
+                await bob_device.ack("typing", {"conversationId": cid, "isTyping": True})
+                update = await alice_device.wait_event("typing_update", since=since)
+                assert update["typingUsers"] == [bob]
 
         run(story())
 
