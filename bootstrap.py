@@ -281,6 +281,13 @@ def _replay(settings: Settings, projection: str, verify: bool) -> int:
         container.close()
 
 
+def _bench(settings: Settings, argv: list[str]) -> int:
+    """`loopify bench`: the load generator in scripts/bench (it starts its own servers unless --url)."""
+    from scripts.bench.cli import run
+
+    return run(argv, jwt_secret=settings.jwt_secret, jwt_algorithm=settings.jwt_algorithm)
+
+
 def main(argv: list[str] | None = None) -> int:
     from infrastructure.settings import load_settings
     from interfaces.cli import CliWiring
@@ -288,7 +295,12 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     wiring = CliWiring(
-        load_settings=load_settings, serve=_serve, mint_token=_mint_token, open_log=_open_log, replay=_replay
+        load_settings=load_settings,
+        serve=_serve,
+        mint_token=_mint_token,
+        open_log=_open_log,
+        replay=_replay,
+        bench=_bench,
     )
     return cli_main(argv, wiring)
 

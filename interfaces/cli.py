@@ -1,4 +1,4 @@
-"""The `loopify` command line: serve, token, audit (and later replay, bench).
+"""The `loopify` command line: serve, token, audit, replay, bench.
 
 Parsing lives here; building the system is the composition root's job, reached through the
 `CliWiring` it passes in, so this module never imports infrastructure.
@@ -24,6 +24,7 @@ class CliWiring:
     mint_token: Callable[[Any, str, int], str]
     open_log: Callable[[Any], Any]  # a context manager yielding the MessagingApplication
     replay: Callable[[Any, str, bool], int]  # (settings, projection, verify) -> exit code
+    bench: Callable[[Any, list[str]], int]  # (settings, the bench's own arguments) -> exit code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--projection", choices=("all", "postgres", "redis"), default="all")
     replay.add_argument("--verify", action="store_true", help="compare rebuilt and live models; switch only if equal")
 
+    # The bench parses its own options (scripts/bench/cli.py): they are passed through untouched.
+    commands.add_parser(
+        "bench", help="run the load benchmark (`loopify bench --help` for its options)", add_help=False
+    )
+
     from interfaces.audit_cli import add_audit_parser
 
     add_audit_parser(commands)
@@ -50,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None, wiring: CliWiring) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, bench_args = parser.parse_known_args(argv)
+    if args.command != "bench" and bench_args:
+        parser.error(f"unrecognized arguments: {' '.join(bench_args)}")
     # SIGTERM becomes a normal exit, so embedded servers are detached cleanly (atexit runs).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     settings = wiring.load_settings()
@@ -62,6 +71,8 @@ def main(argv: Sequence[str] | None, wiring: CliWiring) -> int:
         return 0
     if args.command == "replay":
         return wiring.replay(settings, args.projection, args.verify)
+    if args.command == "bench":
+        return wiring.bench(settings, bench_args)
     if args.command == "audit":
         from interfaces.audit_cli import USAGE_ERROR, InvalidAuditQueryError, audit_query, run_audit
 

@@ -63,7 +63,7 @@ from interfaces.graphql_ws.protocol import (
     pong,
 )
 from interfaces.runtime import Runtime
-from interfaces.ws.endpoint import _announce_presence
+from interfaces.ws.endpoint import announce_presence
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class GraphQLWsSocket:
         await self.runtime.hub.attach(self.device)
         presence = self.runtime.presence
         if presence is not None and await presence.connect(user, self.device.id):
-            await _announce_presence(self.runtime, user, True)
+            await announce_presence(self.runtime, user, True)
         self.acknowledged = True
         await self.send(connection_ack({"userId": user}))
         self._start(self._keep_alive())
@@ -273,5 +273,5 @@ class GraphQLWsSocket:
         with contextlib.suppress(Exception):
             presence = self.runtime.presence
             if presence is not None and await presence.disconnect(self.device.user_id, self.device.id):
-                await _announce_presence(self.runtime, self.device.user_id, False)
+                await announce_presence(self.runtime, self.device.user_id, False)
         await self.device.stop()

@@ -54,6 +54,7 @@ class OperationScope:
     def __init__(self, device: SubscriberDevice) -> None:
         self.device = device
         self.live: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.entered = False  # a source stream asked for this scope: tartiflette started one
         self._feeds: list[Feed] = []
 
     def follow(self, event: str, wanted: Wanted, conversation_id: str | None = None) -> Feed:
@@ -76,4 +77,7 @@ class OperationScope:
 
 
 def scope_of(ctx: dict[str, Any]) -> OperationScope:
-    return ctx[SCOPE_KEY]
+    """The scope of the operation whose source stream is asking (so that stream has started)."""
+    scope: OperationScope = ctx[SCOPE_KEY]
+    scope.entered = True
+    return scope

@@ -14,7 +14,6 @@ message (the operation never started); later ones end the stream with `error` as
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -59,10 +58,13 @@ async def run_operation(
             if not await _stream(engine, context, scope, message, send):
                 return
         await send(complete_message(message.id))
-    except asyncio.CancelledError:
-        raise
-    except Exception as error:
-        await send(error_message(message.id, [await coerce_error(error, {"message": str(error)})]))
+    except Exception as error:  # (a client's `complete` cancels the task: that is no error)
+        if type(error) is Exception and not scope.entered:
+            # tartiflette's words for a root field without a source stream (`__typename`).
+            refusal = {"message": str(error), "extensions": {"code": "BAD_USER_INPUT"}}
+        else:
+            refusal = await coerce_error(error, {"message": str(error)})
+        await send(error_message(message.id, [refusal]))
     finally:
         scope.close()
 

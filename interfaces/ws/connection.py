@@ -77,6 +77,9 @@ class Connection:
     def note_own_message(self, message_id: str) -> None:
         self._acked.append(message_id)
 
+    def left_conversation(self, conversation_id: str) -> None:
+        """The user is no longer a member (subscription devices end their streams here)."""
+
     # ---- the writer task -----------------------------------------------------------------
 
     async def _write_loop(self) -> None:

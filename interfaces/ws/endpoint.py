@@ -70,7 +70,7 @@ async def _authenticate(websocket: WebSocket, runtime: Runtime) -> str | None:
 async def _serve(websocket: WebSocket, runtime: Runtime, connection: Connection) -> None:
     await runtime.hub.attach(connection)
     if runtime.presence is not None and await runtime.presence.connect(connection.user_id, connection.id):
-        await _announce_presence(runtime, connection.user_id, True)
+        await announce_presence(runtime, connection.user_id, True)
     connection.send("connected", {"userId": connection.user_id})
     session = Session(runtime, connection)
     while not connection.closed:
@@ -122,11 +122,11 @@ async def _goodbye(runtime: Runtime, connection: Connection) -> None:
         await runtime.hub.detach(connection)
     with contextlib.suppress(Exception):
         if runtime.presence is not None and await runtime.presence.disconnect(connection.user_id, connection.id):
-            await _announce_presence(runtime, connection.user_id, False)
+            await announce_presence(runtime, connection.user_id, False)
     await connection.stop()
 
 
-async def _announce_presence(runtime: Runtime, user: str, is_online: bool) -> None:
+async def announce_presence(runtime: Runtime, user: str, is_online: bool) -> None:
     """`presence_update` to everyone who shares a conversation with the user."""
     try:
         contacts = await runtime.read_model.contacts(user)

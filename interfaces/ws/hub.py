@@ -171,8 +171,14 @@ class Hub:
             cid = envelope["conversationId"]
             devices = [device for user in self.members.get(cid, ()) for device in self.devices(user)]
             if kind == "message":
+                seq = envelope["seq"]
+                # A seq beyond a device's next one means frames were lost (a Redis outage,
+                # a dropped subscription): fill the gap from the read model first, in order.
+                gapped = [device for device in devices if seq > device.seen_seq.get(cid, seq - 1) + 1]
+                if gapped:
+                    await self.catch_up([cid], gapped)
                 for device in devices:
-                    device.deliver_message(cid, envelope["seq"], envelope.get("messageId"), envelope["frame"])
+                    device.deliver_message(cid, seq, envelope.get("messageId"), envelope["frame"])
             elif kind == "typing":
                 for device in devices:
                     if cid in device.joined:
@@ -196,4 +202,5 @@ class Hub:
             for device in devices:
                 device.seen_seq.pop(cid, None)
                 device.joined.discard(cid)
+                device.left_conversation(cid)
             self._forget_member(cid, user)

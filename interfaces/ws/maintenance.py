@@ -32,13 +32,13 @@ async def keep_devices_alive(runtime: Runtime, every_s: float) -> None:
 
 
 async def sweep_presence(runtime: Runtime, every_s: float) -> None:
-    from interfaces.ws.endpoint import _announce_presence
+    from interfaces.ws.endpoint import announce_presence
 
     while True:
         await asyncio.sleep(every_s)
         try:
             for user in await runtime.presence.sweep():
-                await _announce_presence(runtime, user, False)
+                await announce_presence(runtime, user, False)
         except Exception:
             log.exception("presence sweep failed")
 

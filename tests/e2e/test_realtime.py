@@ -5,7 +5,12 @@ Two topologies:
 - a cluster: a fresh database on the shared embedded Postgres, a redis-server this module starts
   (so a test can crash and restart it), two `--role api` nodes and one `--role projector`;
 - one `--role all` server with its embedded Postgres and Redis, for what needs no topology
-  (limits, bad frames, access rules, auth), shared by the module: each test uses its own users.
+  (limits, bad frames, typing, access rules, auth), shared by the module: each test uses its
+  own users.
+
+Reads are eventually consistent across users: a conversation Alice just started or wrote to is
+visible to Bob once projected. Where a story needs that, Alice first opens the conversation
+(`join_conversation` waits until the read model holds her own writes), as a barrier.
 
 pytest-asyncio is not installed: each test is a sync function that runs one story with
 `asyncio.run()`.
@@ -48,6 +53,9 @@ CRASHED_PRESENCE_TIMEOUT_S = 75.0
 AUTH_WINDOW_TIMEOUT_S = 15.0
 # Typing stops 6 s after the last refresh, checked every second: 15 s bounds the wait.
 TYPING_STOP_TIMEOUT_S = 15.0
+# A race between the relay and the next request shows in about 1 attempt in 4 here; with 40
+# attempts a run that misses it is negligible.
+TYPING_RACE_ATTEMPTS = 40
 HTTP_TIMEOUT_S = 30.0
 UNAUTHORIZED = 4401
 MAX_CONTENT_CHARS = 4000
@@ -165,10 +173,10 @@ def cluster(database_url: str, tmp_path: Path) -> Iterator[Cluster]:
     projector = ServerProcess(env("projector"), role="projector")
     processes = [*nodes, projector]
     try:
-        # The projector first: it creates the read model the api nodes then find.
-        projector.start()
-        with ThreadPoolExecutor(len(nodes)) as pool:
-            list(pool.map(lambda node: node.start(), nodes))
+        # One after the other: processes that start together on one database can fail at start-up
+        # (the event store's CREATE ... statements race: "tuple concurrently updated").
+        for process in (projector, *nodes):
+            process.start()
         yield Cluster(redis_server, nodes, projector)
     finally:
         _stop_all(processes)
@@ -288,7 +296,7 @@ class TestTwoNodesTwoUsers:
 
 
 class TestOrderingAcrossNodes:
-    def test_every_device_gets_500_messages_once_each_in_seq_order(self, cluster: Cluster) -> None:
+    def test_every_device_gets_seq_1_to_500_in_order_with_none_missing(self, cluster: Cluster) -> None:
         node_a, node_b = cluster.nodes
 
         async def story() -> None:
@@ -314,7 +322,9 @@ class TestOrderingAcrossNodes:
                 ids_by_seq = {message["seq"]: message["id"] for message in acked}
                 assert sorted(ids_by_seq) == list(range(1, ORDERING_MESSAGES + 1))
 
-                # Every receiving device gets seq 1..500, each once, in order, with the acked ids.
+                # Every receiving device gets seq 1..500 in order, with the acked ids. A repeat of
+                # a seq it already has is harmless (clients dedupe by id); a new seq after a
+                # higher one is not.
                 for device in receivers:
                     await device.until(
                         lambda d=device: len(set(d.seqs(cid))) >= ORDERING_MESSAGES,
@@ -322,7 +332,8 @@ class TestOrderingAcrossNodes:
                         timeout=ORDERING_TIMEOUT_S,
                     )
                     seqs = device.seqs(cid)
-                    assert out_of_order(seqs) == 0, device.name
+                    duplicates = len(seqs) - len(set(seqs))
+                    assert out_of_order(seqs) == 0, (device.name, f"{duplicates} duplicates", seqs)
                     assert first_arrivals(seqs) == list(range(1, ORDERING_MESSAGES + 1)), device.name
                     assert all(ids_by_seq[m["seq"]] == m["id"] for m in device.messages(cid)), device.name
 
@@ -455,8 +466,12 @@ class TestRedisRestart:
                 for node in cluster.nodes:
                     await until_healthy(node)
 
-                # Alice's sends go through again (each retried with its clientMessageId).
-                after = [await send_when_possible(alice, cid, f"after {n}", f"after-{n}") for n in range(1, 4)]
+                # Alice's sends go through again (each retried with its clientMessageId). The first
+                # batch after the restart finds the Redis projection gone and rebuilds it (and is not
+                # relayed live: see the xfail test below); the projector is past it before she goes on.
+                after = [await send_when_possible(alice, cid, "after 1", "after-1")]
+                await until_projected(cluster)
+                after += [await send_when_possible(alice, cid, f"after {n}", f"after-{n}") for n in (2, 3)]
                 assert [m["seq"] for m in after] == sorted(m["seq"] for m in after)
 
                 # Live delivery resumes on Bob's same socket, without any action from him.
@@ -660,6 +675,7 @@ class TestRateLimit:
                 await client.wait_event("heartbeat_ack", since=since)
 
                 # Nothing was stored for the refused message; Sam's own budget is untouched.
+                await client.ack("join_conversation", {"conversationId": cid})  # read-your-writes
                 other = await devices.open(server, sam, "sam")
                 since = other.mark()
                 await other.ack("sync", {"conversations": {cid: 0}})
@@ -739,6 +755,7 @@ class TestTyping:
             async with Devices() as devices:
                 alice_device = await devices.open(server, alice, "alice")
                 cid = await start_conversation(server, alice, bob)
+                await alice_device.ack("join_conversation", {"conversationId": cid})  # read-your-writes
                 bob_device = await devices.open(server, bob, "bob")
                 await bob_device.ack("join_conversation", {"conversationId": cid})
 
@@ -748,6 +765,28 @@ class TestTyping:
 
                 # The server stops it after TYPING_EXPIRY_S (6 s) plus a sweep.
                 await bob_device.wait_event("typing_update", lambda d: d["typingUsers"] == [], timeout=TYPING_STOP_TIMEOUT_S)
+
+        run(story())
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="interfaces/ws/handlers.py typing(): the participant check is `cid in"
+        " session.connection.seen_seq`, the hub's in-memory membership that the relay's membership envelope"
+        " fills a few ms after the projection, while join_conversation checks the read model. So typing in a"
+        " conversation just started is refused FORBIDDEN even after join_conversation was acked (here about"
+        " 1 attempt in 4; 39 in 40 without the join).",
+    )
+    def test_a_participant_can_type_as_soon_as_she_has_opened_a_new_conversation(self, server: ServerProcess) -> None:
+        alice = unique("alice")
+
+        async def story() -> None:
+            async with Devices() as devices:
+                device = await devices.open(server, alice, "alice")
+                for _ in range(TYPING_RACE_ATTEMPTS):
+                    # Alice starts a conversation, opens it, and starts typing at once.
+                    cid = await start_conversation(server, alice, unique("bob"))
+                    await device.ack("join_conversation", {"conversationId": cid})
+                    await device.ack("typing", {"conversationId": cid, "isTyping": True})
 
         run(story())
 
@@ -797,6 +836,8 @@ class TestUnauthorisedAccess:
                 alice_device = await devices.open(server, alice, "alice")
                 cid = await start_conversation(server, alice, bob)
                 await alice_device.send_message(cid, "private offer")
+                # Alice opens it: once her join is acked the read model holds all her writes.
+                await alice_device.ack("join_conversation", {"conversationId": cid})
                 intruder = await devices.open(server, carol, "carol")
 
                 # Every attempt on the conversation is FORBIDDEN; the socket stays open.

@@ -1,0 +1,414 @@
+"""One load-generator worker: a process with one asyncio loop driving many real /ws clients.
+
+The parent (pool.py) drives it over a pipe, one command at a time, and gets one dict back:
+  connect    open the sockets (token in `?token=`), wait for each `connected` frame
+  run        send `send_message` on an open-loop schedule for one step, then wait for the acks
+  verify     given every message acked in the step, wait until each device has the ones it
+             should get (or the drain timeout), then count lost / duplicates / out of order
+  heartbeat  one `heartbeat` round trip per socket (idle connections are alive)
+  close      close every socket and exit
+Running counters go to a shared array for the parent's progress line.
+
+Open loop: message n of a step is due at start + n / rate whether or not earlier ones were
+acked, and every latency is measured from that due time, so a stalled server (or a starved
+generator) shows up as latency instead of quietly lowering the offered load. How late the
+generator itself was is reported apart (`generator_lag_ms`). Timestamps are
+`time.monotonic_ns()`: CLOCK_MONOTONIC is one clock for every process on a Linux machine, so the
+due time a sender writes into `clientMessageId` is comparable with a receiver's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+COUNTER_NAMES = ("connected", "sent", "acked", "errors", "delivered")
+CONNECT_CONCURRENCY = 50  # handshakes in flight per worker: each one costs the server a query and SUBSCRIBEs
+OPEN_TIMEOUT_S = 30.0  # a 2-core box opening thousands of sockets answers slowly, but does answer
+CLOSE_TIMEOUT_S = 5.0  # the closing handshake of every socket together; a dead peer is not waited for
+MAX_FRAME_BYTES = 4 * 1024 * 1024  # server frames carry one message (at most 4,000 characters)
+ACK_TIMEOUT_S = 30.0  # after the send window: an overloaded step still drains its backlog in this time
+SEND_OVERRUN_S = 5.0  # a generator this far behind its schedule stops the step rather than run on
+DRAIN_POLL_S = 0.05
+HEARTBEAT_TIMEOUT_S = 30.0
+COUNTER_PUBLISH_S = 0.25  # the parent prints once a second; four updates keep the line current
+NS_PER_MS = 1_000_000
+# A typical marketplace chat line (~80 characters), the same for every message.
+CONTENT = "Hi! Is the bike still available? I could pick it up on Saturday morning if so."
+MESSAGE, HEARTBEAT = 0, 1
+
+
+@dataclass(eq=False)
+class Device:
+    """One socket of one user (one device per user)."""
+
+    user: str
+    ws: ClientConnection
+    conversations: frozenset[str]
+    last_seq: dict[str, int] = field(default_factory=dict)  # per conversation, highest seq received
+    received: dict[str, int] = field(default_factory=dict)  # message id -> receipt time, this step
+    previous: dict[str, int] = field(default_factory=dict)  # the step before: a late duplicate is still one
+    reader: asyncio.Task[None] | None = None
+
+
+@dataclass
+class Step:
+    number: int
+    sent: int = 0
+    planned: int = 0
+    outstanding: int = 0  # sent, neither acked nor refused yet
+    sending_done: bool = False
+    acks: list[tuple[str, str, int, str, int, int]] = field(default_factory=list)  # id, conv, seq, sender, due, ack
+    ack_ms: array[float] = field(default_factory=lambda: array("d"))
+    generator_lag_ms: array[float] = field(default_factory=lambda: array("d"))
+    e2e_ms: array[float] = field(default_factory=lambda: array("d"))
+    receipts: dict[str, list[int]] = field(default_factory=dict)  # message id -> [first, last] receipt here
+    errors: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    out_of_order: int = 0
+    late: int = 0  # deliveries of an earlier step's messages
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def worker_main(index: int, pipe: Connection, counters: Any) -> None:
+    """The worker process's entry point (multiprocessing target)."""
+    asyncio.run(Worker(index, pipe, counters).serve())
+
+
+def client_message_id(step: int, due_ns: int, worker: int, request: int) -> str:
+    return f"{step}.{due_ns}.{worker}.{request}"
+
+
+def parse_client_message_id(value: Any) -> tuple[int, int] | None:
+    """(step, due time in ns) of a bench message; None for anything the bench did not send."""
+    if not isinstance(value, str):
+        return None
+    parts = value.split(".")
+    if len(parts) != 4:
+        return None
+    try:
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+
+
+class Worker:
+    def __init__(self, index: int, pipe: Connection, counters: Any) -> None:
+        self.index = index
+        self.pipe = pipe
+        self.counters = counters
+        self.devices: list[Device] = []
+        self.slots: list[tuple[str, Device]] = []  # (conversation id, sending device), round robin
+        self.pending: dict[int, tuple[int, int, str, str, int]] = {}  # request id -> kind, step, conv, sender, due
+        self.heartbeats: dict[int, asyncio.Future[int]] = {}
+        self.step = Step(-1)
+        self.next_request = 1
+        self.closing = False
+        self.disconnects: Counter[str] = Counter()
+        self.totals = dict.fromkeys(COUNTER_NAMES, 0)
+
+    # ---- the command loop ----------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        publisher = asyncio.create_task(self._publish_counters())
+        handlers = {
+            "connect": self._connect,
+            "run": self._run,
+            "verify": self._verify,
+            "heartbeat": self._heartbeat,
+            "close": self._close,
+        }
+        try:
+            while True:
+                try:
+                    command = await loop.run_in_executor(None, self.pipe.recv)
+                except (EOFError, OSError):
+                    return  # the parent is gone: close the sockets and exit
+                try:
+                    reply = await handlers[command["op"]](command)
+                except Exception:
+                    reply = {"failed": f"worker {self.index}: {traceback.format_exc()}"}
+                self.pipe.send(reply)
+                if command["op"] == "close":
+                    return
+        finally:
+            publisher.cancel()
+            await self._close({})
+
+    async def _publish_counters(self) -> None:
+        base = self.index * len(COUNTER_NAMES)
+        while True:
+            for offset, name in enumerate(COUNTER_NAMES):
+                self.counters[base + offset] = self.totals[name]
+            await asyncio.sleep(COUNTER_PUBLISH_S)
+
+    # ---- connect / close ----------------------------------------------------------------------
+
+    async def _connect(self, command: dict[str, Any]) -> dict[str, Any]:
+        limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        failures: Counter[str] = Counter()
+        connect_ms: array[float] = array("d")
+        by_user: dict[str, Device] = {}
+
+        async def open_one(user: str, url: str, conversations: list[str]) -> None:
+            async with limit:
+                began = time.monotonic_ns()
+                try:
+                    ws = await asyncio.wait_for(_open(url), OPEN_TIMEOUT_S)
+                except Exception as error:  # one client's failure is counted, never fatal to others
+                    failures[type(error).__name__] += 1
+                    return
+                connect_ms.append((time.monotonic_ns() - began) / NS_PER_MS)
+                self.totals["connected"] += 1
+                device = Device(user, ws, frozenset(conversations))
+                device.reader = asyncio.create_task(self._read(device))
+                self.devices.append(device)
+                by_user[user] = device
+
+        await asyncio.gather(*(open_one(*spec) for spec in command["devices"]))
+        self.slots = [(cid, by_user[user]) for cid, user in command["slots"] if user in by_user]
+        return {
+            "connected": len(self.devices),
+            "failures": dict(failures),
+            "connect_ms": connect_ms.tobytes(),
+        }
+
+    async def _close(self, command: dict[str, Any]) -> dict[str, Any]:
+        self.closing = True
+        devices, self.devices = self.devices, []
+        if devices:
+            await asyncio.wait([asyncio.ensure_future(device.ws.close()) for device in devices], timeout=CLOSE_TIMEOUT_S)
+        for device in devices:
+            if device.reader is not None:
+                device.reader.cancel()
+        return {"closed": len(devices)}
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    async def _read(self, device: Device) -> None:
+        reason = ""
+        try:
+            async for raw in device.ws:
+                frame = orjson.loads(raw)
+                event = frame.get("event")
+                if event == "message_received":
+                    self._on_message(device, frame.get("data") or {})
+                elif event == "ack" or event == "error":
+                    self._on_reply(frame, event)
+        except ConnectionClosed:
+            pass
+        except Exception as error:  # a frame this client cannot read ends this client only
+            reason = f"client {type(error).__name__}"
+        finally:
+            if not self.closing:
+                self.disconnects[reason or f"close code {device.ws.close_code}"] += 1
+
+    def _on_message(self, device: Device, data: dict[str, Any]) -> None:
+        now = time.monotonic_ns()
+        message = data.get("message") or {}
+        message_id, seq, cid = message.get("id"), message.get("seq"), data.get("conversationId")
+        step = self.step
+        if not isinstance(seq, int) or not isinstance(message_id, str):
+            step.errors["malformed message_received"] += 1
+            return
+        if message_id in device.received or message_id in device.previous:
+            step.duplicates += 1
+            return
+        device.received[message_id] = now
+        if seq <= device.last_seq.get(cid, 0):
+            step.out_of_order += 1
+        else:
+            device.last_seq[cid] = seq
+        origin = parse_client_message_id(message.get("clientMessageId"))
+        if origin is None or origin[0] != step.number:
+            step.late += 1
+            return
+        self.totals["delivered"] += 1
+        step.e2e_ms.append((now - origin[1]) / NS_PER_MS)
+        seen = step.receipts.get(message_id)
+        if seen is None:
+            step.receipts[message_id] = [now, now]
+        else:
+            seen[1] = now
+
+    def _on_reply(self, frame: dict[str, Any], event: str) -> None:
+        now = time.monotonic_ns()
+        request = frame.get("id")
+        waiter = self.heartbeats.pop(request, None) if isinstance(request, int) else None
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(now)
+            return
+        entry = self.pending.pop(request, None) if isinstance(request, int) else None
+        step = self.step
+        if entry is None:
+            if event == "error":  # an error for no request of ours: still an error
+                step.errors[f"unsolicited {(frame.get('data') or {}).get('code')}"] += 1
+                self.totals["errors"] += 1
+            return
+        _, number, cid, sender, due = entry
+        if number != step.number:
+            return  # a reply after its step gave up waiting: already counted as unacked
+        step.outstanding -= 1
+        if event == "ack":
+            message = (frame.get("data") or {}).get("message") or {}
+            step.acks.append((message.get("id"), cid, message.get("seq"), sender, due, now))
+            step.ack_ms.append((now - due) / NS_PER_MS)
+            self.totals["acked"] += 1
+        else:
+            step.errors[str((frame.get("data") or {}).get("code"))] += 1
+            self.totals["errors"] += 1
+        if step.sending_done and step.outstanding == 0:
+            step.answered.set()
+
+    # ---- a step: send on schedule, then wait for the acks ---------------------------------------
+
+    async def _run(self, command: dict[str, Any]) -> dict[str, Any]:
+        step = self.step = Step(command["step"])
+        for device in self.devices:
+            device.previous, device.received = device.received, {}
+        rate, start_ns = float(command["rate"]), int(command["start_ns"])
+        step.planned = int(rate * command["duration"]) if rate > 0 and self.slots else 0
+        interval_ns = 1e9 / rate if rate > 0 else 0.0
+        hard_stop = start_ns + int((command["duration"] + SEND_OVERRUN_S) * 1e9)
+        n = 0
+        while n < step.planned:  # bounded in count (planned) and in time (hard_stop)
+            now = time.monotonic_ns()
+            due = start_ns + int(n * interval_ns)
+            if due > now:
+                await asyncio.sleep((due - now) / 1e9)
+                continue
+            if now > hard_stop:
+                break
+            cid, device = self.slots[n % len(self.slots)]
+            step.generator_lag_ms.append((now - due) / NS_PER_MS)
+            await self._send(step, device, cid, due)
+            n += 1
+        step.sending_done = True
+        if step.outstanding > 0:
+            try:
+                await asyncio.wait_for(step.answered.wait(), ACK_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                pass
+        unacked = step.outstanding
+        self.pending = {rid: entry for rid, entry in self.pending.items() if entry[1] != step.number}
+        return {
+            "planned": step.planned,
+            "sent": step.sent,
+            "acked": len(step.acks),
+            "unacked": unacked,
+            "errors": dict(step.errors),
+            "acks": step.acks,
+            "ack_ms": step.ack_ms.tobytes(),
+            "generator_lag_ms": step.generator_lag_ms.tobytes(),
+        }
+
+    async def _send(self, step: Step, device: Device, cid: str, due: int) -> None:
+        request = self.next_request
+        self.next_request += 1
+        data = {"conversationId": cid, "content": CONTENT, "clientMessageId": client_message_id(step.number, due, self.index, request)}
+        text = orjson.dumps({"event": "send_message", "id": request, "data": data}).decode()
+        self.pending[request] = (MESSAGE, step.number, cid, device.user, due)
+        step.outstanding += 1
+        try:
+            await device.ws.send(text)
+        except ConnectionClosed:
+            self.pending.pop(request, None)
+            step.outstanding -= 1
+            step.errors["socket closed"] += 1
+            self.totals["errors"] += 1
+            return
+        step.sent += 1
+        self.totals["sent"] += 1
+
+    # ---- verify: every device got every message it should, once, in order ----------------------
+
+    async def _verify(self, command: dict[str, Any]) -> dict[str, Any]:
+        step = self.step
+        by_conversation: dict[str, list[tuple[str, str]]] = {}
+        for message_id, cid, sender in command["expected"]:
+            by_conversation.setdefault(cid, []).append((message_id, sender))
+        missing = [
+            (device, message_id)
+            for device in self.devices
+            for cid in device.conversations
+            for message_id, sender in by_conversation.get(cid, ())
+            if sender != device.user
+        ]
+        expected = len(missing)
+        deadline = time.monotonic() + float(command["drain_timeout"])
+        while True:  # bounded by the drain timeout; the list only shrinks
+            missing = [(device, message_id) for device, message_id in missing if message_id not in device.received]
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(DRAIN_POLL_S)
+        expected_ids = {message_id for message_id, _, _ in command["expected"]}
+        return {
+            "expected": expected,
+            "delivered": expected - len(missing),
+            "lost": len(missing),
+            "duplicates": step.duplicates,
+            "out_of_order": step.out_of_order,
+            "unexpected": sum(1 for message_id in step.receipts if message_id not in expected_ids),
+            "late": step.late,
+            "errors": dict(step.errors),  # the run's, plus any found while draining
+            "disconnects": dict(self.disconnects),
+            "e2e_ms": step.e2e_ms.tobytes(),
+            "receipts": {message_id: tuple(times) for message_id, times in step.receipts.items()},
+        }
+
+    # ---- heartbeat: every idle socket still answers ---------------------------------------------
+
+    async def _heartbeat(self, command: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        samples: array[float] = array("d")
+
+        async def beat(device: Device) -> None:
+            request = self.next_request
+            self.next_request += 1
+            waiter: asyncio.Future[int] = loop.create_future()
+            self.heartbeats[request] = waiter
+            began = time.monotonic_ns()
+            try:
+                await device.ws.send(orjson.dumps({"event": "heartbeat", "id": request, "data": {}}).decode())
+                answered = await asyncio.wait_for(waiter, HEARTBEAT_TIMEOUT_S)
+            except (ConnectionClosed, asyncio.TimeoutError):
+                return
+            finally:
+                self.heartbeats.pop(request, None)
+            samples.append((answered - began) / NS_PER_MS)
+
+        await asyncio.gather(*(beat(device) for device in self.devices))
+        return {"alive": len(samples), "heartbeat_ms": samples.tobytes(), "disconnects": dict(self.disconnects)}
+
+
+async def _open(url: str) -> ClientConnection:
+    """Open one /ws client and wait for the server's `connected` frame (sent after the device is
+    registered and subscribed, so nothing published afterwards can miss it)."""
+    ws = await connect(
+        url,
+        open_timeout=OPEN_TIMEOUT_S,
+        close_timeout=CLOSE_TIMEOUT_S,
+        max_size=MAX_FRAME_BYTES,
+        compression=None,  # the server's default (permessage-deflate off): measure that path
+        ping_interval=None,  # a late pong on a saturated box must not close a bench socket
+    )
+    try:
+        while True:  # bounded by the caller's OPEN_TIMEOUT_S
+            frame = orjson.loads(await ws.recv())
+            if frame.get("event") == "connected":
+                return ws
+    except BaseException:
+        await ws.close()
+        raise

@@ -1,0 +1,283 @@
+"""The scenarios on top of connected workers: traffic steps (chat, group, and the --max search
+over them) and idle connections.
+
+A traffic step: wait until the read model has caught up, tell every worker to start at the same
+instant with its share of the rate, gather what was acked, hand each worker the messages its
+devices should get, gather what they got. Correctness is judged per device; latencies are
+pooled over all workers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import httpx
+
+from scripts.bench.clients import ACK_TIMEOUT_S, SEND_OVERRUN_S
+from scripts.bench.metering import BYTES_PER_MB, Meter
+from scripts.bench.plan import Plan
+from scripts.bench.pool import WorkerPool
+from scripts.bench.provision import health, projection_lag, wait_for_projection
+from scripts.bench.report import PROJECTION_LAG_METHOD
+from scripts.bench.stats import LATENCY_KEYS, SHORT_KEYS, WIDE_KEYS, rate, samples_from_bytes, summarize
+
+START_LEAD_S = 0.5  # every worker has its command before the common start instant
+REPLY_MARGIN_S = 30.0  # pickling a step's acks and receipts across processes, on a busy box
+E2E_P99_TARGET_MS = 100.0  # the --max search's bar: p99 send->receive under 100 ms
+CONNECTIONS_SETTLE_S = 2.0  # let the server finish registering the last sockets before measuring memory
+CONNECTIONS_TIMEOUT_S = 600.0  # 10,000+ handshakes on 2 cores take a minute or two; this bounds a stuck one
+NS_PER_S = 1e9
+NS_PER_MS = 1e6
+
+
+@dataclass
+class Progress:
+    """The once-a-second line: what the workers did in the last second, the read model's lag."""
+
+    label: str
+    pool: WorkerPool
+    meter: Meter
+    health_urls: list[str]
+    out: TextIO
+    lag_samples: list[int] = field(default_factory=list)
+    _began: float = field(default_factory=time.monotonic)
+    _last: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._http = httpx.Client()
+        self._last = self.pool.totals()
+
+    def tick(self) -> None:
+        totals = self.pool.totals()
+        delta = {name: totals[name] - self._last.get(name, 0) for name in totals}
+        self._last = totals
+        lags = [projection_lag(health(self._http, url)) for url in self.health_urls]
+        known = [lag for lag in lags if lag is not None]
+        if known:
+            self.lag_samples.append(max(known))
+        self.meter.sample()
+        print(
+            f"[{self.label}] {time.monotonic() - self._began:5.0f}s  connected {totals['connected']:,}  "
+            f"sent {totals['sent']:,} (+{delta['sent']:,}/s)  acked {totals['acked']:,}  "
+            f"delivered {totals['delivered']:,} (+{delta['delivered']:,}/s)  errors {totals['errors']:,}  "
+            f"projection lag {max(known) if known else '-'} events",
+            file=self.out,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+
+@dataclass
+class Traffic:
+    scenario: str
+    plan: Plan
+    pool: WorkerPool
+    meter: Meter
+    health_urls: list[str]
+    conversation_ids: dict[int, str]
+    duration_s: float
+    drain_timeout_s: float
+    out: TextIO
+    extra: dict[str, Any] = field(default_factory=dict)  # scenario keys to add to every result
+
+    def step(self, number: int, offered_rate: float) -> dict[str, Any]:
+        wait_for_projection(self.health_urls)
+        progress = Progress(f"{self.scenario} @{offered_rate:g}/s", self.pool, self.meter, self.health_urls, self.out)
+        try:
+            self.meter.begin()
+            start_ns = time.monotonic_ns() + int(START_LEAD_S * NS_PER_S)
+            runs = self.pool.request(
+                [
+                    {"op": "run", "step": number, "rate": offered_rate * share, "start_ns": start_ns, "duration": self.duration_s}
+                    for share in self._shares()
+                ],
+                self.duration_s + START_LEAD_S + SEND_OVERRUN_S + ACK_TIMEOUT_S + REPLY_MARGIN_S,
+                progress.tick,
+            )
+            acks = [ack for run in runs for ack in run["acks"]]
+            verifies = self.pool.request(
+                [{"op": "verify", "expected": expected, "drain_timeout": self.drain_timeout_s} for expected in self._expected(acks)],
+                self.drain_timeout_s + REPLY_MARGIN_S,
+                progress.tick,
+            )
+            cost = self.meter.end()
+        finally:
+            progress.close()
+        result = self._result(offered_rate, start_ns, runs, verifies, acks, progress.lag_samples)
+        result.update(server_cpu_s=cost.server_cpu_s, server_rss_mb=cost.server_rss_mb)
+        result.update(infra_cpu_s=cost.infra_cpu_s, infra_rss_mb=cost.infra_rss_mb)
+        return result
+
+    def _shares(self) -> list[float]:
+        total = self.plan.total_slots()
+        return [len(self.plan.sender_slots(worker)) / total for worker in range(self.plan.workers)]
+
+    def _expected(self, acks: list[tuple[Any, ...]]) -> list[list[tuple[str, str, str]]]:
+        """Per worker: the acked messages of every conversation one of its users is in."""
+        workers_of: dict[str, set[int]] = {}
+        for conversation in self.plan.conversations:
+            cid = self.conversation_ids[conversation.key]
+            workers_of[cid] = {self.plan.worker_of(user) for user in conversation.members}
+        expected: list[list[tuple[str, str, str]]] = [[] for _ in range(self.plan.workers)]
+        for message_id, cid, _seq, sender, _due, _acked in acks:
+            for worker in workers_of.get(cid, ()):
+                expected[worker].append((message_id, cid, sender))
+        return expected
+
+    def _result(
+        self,
+        offered_rate: float,
+        start_ns: int,
+        runs: list[dict[str, Any]],
+        verifies: list[dict[str, Any]],
+        acks: list[tuple[Any, ...]],
+        lag_samples: list[int],
+    ) -> dict[str, Any]:
+        receipts = _merge_receipts(verify["receipts"] for verify in verifies)
+        ack_at = {ack[0]: (ack[4], ack[5]) for ack in acks}  # id -> (due, acked)
+        projection_ms = [max(0, receipts[mid][0] - acked) / NS_PER_MS for mid, (_, acked) in ack_at.items() if mid in receipts]
+        last_delivery_ms = [(receipts[mid][1] - due) / NS_PER_MS for mid, (due, _) in ack_at.items() if mid in receipts]
+        last_ack = max((ack[5] for ack in acks), default=start_ns)
+        last_receipt = max((last for _, last in receipts.values()), default=start_ns)
+        errors = sum((Counter(verify["errors"]) for verify in verifies), Counter())
+        disconnects = sum((Counter(verify["disconnects"]) for verify in verifies), Counter())
+        total = {key: sum(run[key] for run in runs) for key in ("planned", "sent", "acked", "unacked")}
+        checks = {key: sum(verify[key] for verify in verifies) for key in ("delivered", "lost", "duplicates", "out_of_order", "unexpected", "late")}
+        e2e = summarize(samples_from_bytes(verify["e2e_ms"] for verify in verifies), LATENCY_KEYS)
+        result: dict[str, Any] = {
+            "scenario": self.scenario,
+            "offered_rate": offered_rate,
+            "sent": total["sent"],
+            "acked": total["acked"],
+            "delivered": checks["delivered"],
+            "lost": checks["lost"],
+            "duplicates": checks["duplicates"],
+            "out_of_order": checks["out_of_order"],
+            # Sustained rates: over the send window, or until the last ack / delivery if later.
+            "throughput_msgs_per_s": rate(total["acked"], max(self.duration_s, (last_ack - start_ns) / NS_PER_S)),
+            "deliveries_per_s": rate(checks["delivered"], max(self.duration_s, (last_receipt - start_ns) / NS_PER_S)),
+            "ack_latency_ms": summarize(samples_from_bytes(run["ack_ms"] for run in runs), LATENCY_KEYS),
+            "e2e_latency_ms": e2e,
+            "projection_lag_ms": summarize(projection_ms, SHORT_KEYS),
+            "server_cpu_s": None,
+            "server_rss_mb": None,
+            **self.extra,
+            "duration_s": self.duration_s,
+            "planned": total["planned"],
+            "unacked": total["unacked"],
+            "errors": sum(errors.values()),
+            "error_codes": dict(errors),
+            "disconnects": sum(disconnects.values()),
+            "unexpected": checks["unexpected"],
+            "late_deliveries": checks["late"],
+            "generator_lag_ms": summarize(samples_from_bytes(run["generator_lag_ms"] for run in runs), WIDE_KEYS),
+            "projection_lag_positions": summarize(lag_samples, WIDE_KEYS),
+            "projection_lag_method": PROJECTION_LAG_METHOD,
+        }
+        if self.scenario == "group":
+            result["fanout_last_delivery_ms"] = summarize(last_delivery_ms, WIDE_KEYS)
+        result["passed"] = is_correct(result)
+        result["within_target"] = result["passed"] and within_target(result)
+        return result
+
+
+def is_correct(result: dict[str, Any]) -> bool:
+    """Every acked message reached every device once and in order, and nothing failed."""
+    return all(result[key] == 0 for key in ("lost", "duplicates", "out_of_order", "errors", "unacked", "disconnects"))
+
+
+def within_target(result: dict[str, Any]) -> bool:
+    """The --max bar: the whole offered load went out, and p99 send->receive < 100 ms."""
+    p99 = result["e2e_latency_ms"]["p99"]
+    return result["sent"] == result["planned"] and p99 is not None and p99 < E2E_P99_TARGET_MS
+
+
+def search_max(traffic: Traffic, first_rate: float, increment: float, ceiling: float) -> list[dict[str, Any]]:
+    """Step the offered rate up from `first_rate` by `increment` until a step misses the target,
+    fails a correctness check, or the ceiling is passed; returns every step tried."""
+    steps: list[dict[str, Any]] = []
+    offered, number = first_rate, 0
+    while offered <= ceiling:  # bounded: at most (ceiling - first) / increment + 1 steps
+        result = traffic.step(number, offered)
+        steps.append(result)
+        if not result["within_target"]:
+            break
+        offered, number = offered + increment, number + 1
+    return steps
+
+
+def _merge_receipts(parts: Any) -> dict[str, tuple[int, int]]:
+    merged: dict[str, tuple[int, int]] = {}
+    for part in parts:
+        for message_id, (first, last) in part.items():
+            seen = merged.get(message_id)
+            merged[message_id] = (first, last) if seen is None else (min(seen[0], first), max(seen[1], last))
+    return merged
+
+
+# ---- connections ---------------------------------------------------------------------------------
+
+
+def connections_result(
+    connect: Callable[[], list[dict[str, Any]]],
+    heartbeat: Callable[[], list[dict[str, Any]]],
+    meter: Meter,
+    wanted: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Open `wanted` idle authenticated sockets; memory per connection from the api processes'
+    RSS before and after (psutil), and one heartbeat round trip per socket to prove they live."""
+    meter.begin()
+    before = meter.api_rss_bytes()
+    began = time.monotonic()
+    connected = connect()
+    opened_s = time.monotonic() - began
+    time.sleep(CONNECTIONS_SETTLE_S)  # a fixed pause, not a wait for a condition: memory has no "done" signal
+    after = meter.api_rss_bytes()
+    beats = heartbeat()
+    cost = meter.end()
+    opened = sum(part["connected"] for part in connected)
+    failures = sum((Counter(part["failures"]) for part in connected), Counter())
+    alive = sum(beat["alive"] for beat in beats)
+    disconnects = sum((Counter(beat["disconnects"]) for beat in beats), Counter())
+    kb = None
+    if before is not None and after is not None and opened:
+        kb = round((after - before) / opened / 1024, 1)
+    result: dict[str, Any] = {
+        "scenario": "connections",
+        "offered_rate": 0,
+        "sent": 0,
+        "acked": 0,
+        "delivered": 0,
+        "lost": 0,
+        "duplicates": 0,
+        "out_of_order": 0,
+        "throughput_msgs_per_s": 0.0,
+        "deliveries_per_s": 0.0,
+        "ack_latency_ms": summarize(samples_from_bytes(beat["heartbeat_ms"] for beat in beats), LATENCY_KEYS),
+        "e2e_latency_ms": summarize([], LATENCY_KEYS),
+        "projection_lag_ms": summarize([], SHORT_KEYS),
+        "server_cpu_s": cost.server_cpu_s,
+        "server_rss_mb": cost.server_rss_mb,
+        **extra,
+        "connections": wanted,
+        "connected": opened,
+        "connect_failures": dict(failures),
+        "alive": alive,
+        "disconnects": sum(disconnects.values()),
+        "connect_s": round(opened_s, 1),
+        "connect_ms": summarize(samples_from_bytes(part["connect_ms"] for part in connected), WIDE_KEYS),
+        "api_rss_mb_before": round(before / BYTES_PER_MB, 1) if before is not None else None,
+        "api_rss_mb_after": round(after / BYTES_PER_MB, 1) if after is not None else None,
+        "kb_per_connection": kb,
+        "infra_cpu_s": cost.infra_cpu_s,
+        "infra_rss_mb": cost.infra_rss_mb,
+    }
+    result["passed"] = opened == wanted and alive == wanted and not disconnects
+    return result
