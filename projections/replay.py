@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
@@ -40,7 +41,8 @@ from projections.schema import (
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH_SIZE = 5000  # bigger than the live runner's: throughput matters, latency does not
-BULK_RANGE = 200_000  # log positions per bulk SQL statement: progress every second or two
+BULK_RANGE = 100_000  # log positions per bulk SQL statement: progress every second or so
+BULK_WORKERS = 2  # one Postgres backend per core of the 2-core machines this runs on
 SWITCH_LAG = 5000  # start the switch once the build is this close to the head of the log
 # Below Postgres's deadlock_timeout (1 s): we give up a view lock before a reader could lose.
 VIEW_LOCK_TIMEOUT_MS = 200
@@ -103,6 +105,8 @@ class Replay:
         self.batch_size = batch_size
         self.bulk_range = bulk_range  # None: decode every event in Python (no SQL bulk path)
         self.on_progress = on_progress or (lambda _: None)
+        self._progress_lock = threading.Lock()
+        self._bulk_done = 0
 
     def rebuild_postgres(self, *, verify: bool = False) -> ReplayReport:
         began = time.monotonic()
@@ -150,6 +154,7 @@ class Replay:
                 except _VerificationFailed:
                     pass
             switched = not differences
+            log.info("replay: switch %s at %.1f s", "done" if switched else "refused", time.monotonic() - began)
             with conn.transaction(), conn.cursor() as cursor:
                 dropped = live if switched else generation
                 cursor.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(generation_schema(dropped))))
@@ -213,9 +218,14 @@ class Replay:
         """
         schema = generation_schema(generation)
         head = self.event_log.log_head()
-        # Postgres copies the messages on one core while Python folds the rest on the other.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-bulk") as pool:
-            copying = pool.submit(self._copy_messages_in_bulk, schema, source, head, began)
+        self._bulk_done = 0
+        # Postgres copies the messages in BULK_WORKERS backends while Python folds the rest.
+        ranges = [(start, min(start + self.bulk_range, head)) for start in range(0, head, self.bulk_range)]
+        with ThreadPoolExecutor(max_workers=BULK_WORKERS, thread_name_prefix="replay-bulk") as pool:
+            copies = [
+                pool.submit(self._copy_messages_in_bulk, schema, source, ranges[worker::BULK_WORKERS], head, began)
+                for worker in range(BULK_WORKERS)
+            ]
             changes = ReadModelChanges()
             position, events = 0, 0
             while batch := self.event_log.read_log(
@@ -224,7 +234,8 @@ class Replay:
                 fold(batch, into=changes)
                 position = batch[-1][0]
                 events += len(batch)
-            events += copying.result()
+            events += sum(copy.result() for copy in copies)
+        log.info("replay: messages copied and other events folded in %.1f s", time.monotonic() - began)
         with conn.transaction(), conn.cursor() as cursor:
             cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")  # index builds sort in memory
             for statement in create_index_statements(generation):
@@ -232,19 +243,23 @@ class Replay:
             _merge_what_messages_imply(cursor, schema, changes)
             changes.position = head
             apply(cursor, schema, changes, 0)
+        log.info("replay: indexes built and state written at %.1f s", time.monotonic() - began)
         return head, events
 
-    def _copy_messages_in_bulk(self, schema: str, source: BulkMessageSource, head: int, began: float) -> int:
-        assert self.bulk_range is not None
+    def _copy_messages_in_bulk(
+        self, schema: str, source: BulkMessageSource, ranges: list[tuple[int, int]], head: int, began: float
+    ) -> int:
         copied = 0
         with psycopg.connect(self.database_url) as conn:
-            for start in range(0, head, self.bulk_range):
-                stop = min(start + self.bulk_range, head)
+            for start, stop in ranges:
                 with conn.transaction(), conn.cursor() as cursor:
                     _without_fsync(cursor)
                     cursor.execute(_bulk_insert_messages(schema, source), (start, stop, source.message_sent_topic))
                     copied += cursor.rowcount
-                self.on_progress(ReplayProgress(stop, head, stop, time.monotonic() - began))
+                with self._progress_lock:  # workers finish ranges out of order: report the total done
+                    self._bulk_done += stop - start
+                    done = self._bulk_done
+                    self.on_progress(ReplayProgress(done, head, done, time.monotonic() - began))
         return copied
 
     def _catch_up(self, cursor: psycopg.Cursor[Any], schema: str, position: int, stop: int) -> tuple[int, int]:

@@ -24,13 +24,23 @@ import time
 import traceback
 from array import array
 from collections import Counter
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from scripts.bench.ledger import (
+    NS_PER_MS,
+    Device,
+    Step,
+    client_message_id,
+    due_deliveries,
+    record_delivery,
+    still_missing,
+    verdict,
+)
 
 COUNTER_NAMES = ("connected", "sent", "acked", "errors", "delivered")
 CONNECT_CONCURRENCY = 50  # handshakes in flight per worker: each one costs the server a query and SUBSCRIBEs
@@ -42,64 +52,13 @@ SEND_OVERRUN_S = 5.0  # a generator this far behind its schedule stops the step 
 DRAIN_POLL_S = 0.05
 HEARTBEAT_TIMEOUT_S = 30.0
 COUNTER_PUBLISH_S = 0.25  # the parent prints once a second; four updates keep the line current
-NS_PER_MS = 1_000_000
 # A typical marketplace chat line (~80 characters), the same for every message.
 CONTENT = "Hi! Is the bike still available? I could pick it up on Saturday morning if so."
-MESSAGE, HEARTBEAT = 0, 1
-
-
-@dataclass(eq=False)
-class Device:
-    """One socket of one user (one device per user)."""
-
-    user: str
-    ws: ClientConnection
-    conversations: frozenset[str]
-    last_seq: dict[str, int] = field(default_factory=dict)  # per conversation, highest seq received
-    received: dict[str, int] = field(default_factory=dict)  # message id -> receipt time, this step
-    previous: dict[str, int] = field(default_factory=dict)  # the step before: a late duplicate is still one
-    reader: asyncio.Task[None] | None = None
-
-
-@dataclass
-class Step:
-    number: int
-    sent: int = 0
-    planned: int = 0
-    outstanding: int = 0  # sent, neither acked nor refused yet
-    sending_done: bool = False
-    acks: list[tuple[str, str, int, str, int, int]] = field(default_factory=list)  # id, conv, seq, sender, due, ack
-    ack_ms: array[float] = field(default_factory=lambda: array("d"))
-    generator_lag_ms: array[float] = field(default_factory=lambda: array("d"))
-    e2e_ms: array[float] = field(default_factory=lambda: array("d"))
-    receipts: dict[str, list[int]] = field(default_factory=dict)  # message id -> [first, last] receipt here
-    errors: Counter[str] = field(default_factory=Counter)
-    duplicates: int = 0
-    out_of_order: int = 0
-    late: int = 0  # deliveries of an earlier step's messages
-    answered: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def worker_main(index: int, pipe: Connection, counters: Any) -> None:
     """The worker process's entry point (multiprocessing target)."""
     asyncio.run(Worker(index, pipe, counters).serve())
-
-
-def client_message_id(step: int, due_ns: int, worker: int, request: int) -> str:
-    return f"{step}.{due_ns}.{worker}.{request}"
-
-
-def parse_client_message_id(value: Any) -> tuple[int, int] | None:
-    """(step, due time in ns) of a bench message; None for anything the bench did not send."""
-    if not isinstance(value, str):
-        return None
-    parts = value.split(".")
-    if len(parts) != 4:
-        return None
-    try:
-        return int(parts[0]), int(parts[1])
-    except ValueError:
-        return None
 
 
 class Worker:
@@ -109,7 +68,7 @@ class Worker:
         self.counters = counters
         self.devices: list[Device] = []
         self.slots: list[tuple[str, Device]] = []  # (conversation id, sending device), round robin
-        self.pending: dict[int, tuple[int, int, str, str, int]] = {}  # request id -> kind, step, conv, sender, due
+        self.pending: dict[int, tuple[int, str, str, int]] = {}  # request id -> step, conversation, sender, due
         self.heartbeats: dict[int, asyncio.Future[int]] = {}
         self.step = Step(-1)
         self.next_request = 1
@@ -215,32 +174,8 @@ class Worker:
                 self.disconnects[reason or f"close code {device.ws.close_code}"] += 1
 
     def _on_message(self, device: Device, data: dict[str, Any]) -> None:
-        now = time.monotonic_ns()
-        message = data.get("message") or {}
-        message_id, seq, cid = message.get("id"), message.get("seq"), data.get("conversationId")
-        step = self.step
-        if not isinstance(seq, int) or not isinstance(message_id, str):
-            step.errors["malformed message_received"] += 1
-            return
-        if message_id in device.received or message_id in device.previous:
-            step.duplicates += 1
-            return
-        device.received[message_id] = now
-        if seq <= device.last_seq.get(cid, 0):
-            step.out_of_order += 1
-        else:
-            device.last_seq[cid] = seq
-        origin = parse_client_message_id(message.get("clientMessageId"))
-        if origin is None or origin[0] != step.number:
-            step.late += 1
-            return
-        self.totals["delivered"] += 1
-        step.e2e_ms.append((now - origin[1]) / NS_PER_MS)
-        seen = step.receipts.get(message_id)
-        if seen is None:
-            step.receipts[message_id] = [now, now]
-        else:
-            seen[1] = now
+        if record_delivery(self.step, device, data, time.monotonic_ns()):
+            self.totals["delivered"] += 1
 
     def _on_reply(self, frame: dict[str, Any], event: str) -> None:
         now = time.monotonic_ns()
@@ -257,7 +192,7 @@ class Worker:
                 step.errors[f"unsolicited {(frame.get('data') or {}).get('code')}"] += 1
                 self.totals["errors"] += 1
             return
-        _, number, cid, sender, due = entry
+        number, cid, sender, due = entry
         if number != step.number:
             return  # a reply after its step gave up waiting: already counted as unacked
         step.outstanding -= 1
@@ -277,7 +212,7 @@ class Worker:
     async def _run(self, command: dict[str, Any]) -> dict[str, Any]:
         step = self.step = Step(command["step"])
         for device in self.devices:
-            device.previous, device.received = device.received, {}
+            device.new_step()
         rate, start_ns = float(command["rate"]), int(command["start_ns"])
         step.planned = int(rate * command["duration"]) if rate > 0 and self.slots else 0
         interval_ns = 1e9 / rate if rate > 0 else 0.0
@@ -302,7 +237,7 @@ class Worker:
             except asyncio.TimeoutError:
                 pass
         unacked = step.outstanding
-        self.pending = {rid: entry for rid, entry in self.pending.items() if entry[1] != step.number}
+        self.pending = {rid: entry for rid, entry in self.pending.items() if entry[0] != step.number}
         return {
             "planned": step.planned,
             "sent": step.sent,
@@ -317,9 +252,13 @@ class Worker:
     async def _send(self, step: Step, device: Device, cid: str, due: int) -> None:
         request = self.next_request
         self.next_request += 1
-        data = {"conversationId": cid, "content": CONTENT, "clientMessageId": client_message_id(step.number, due, self.index, request)}
+        data = {
+            "conversationId": cid,
+            "content": CONTENT,
+            "clientMessageId": client_message_id(step.number, due, self.index, request),
+        }
         text = orjson.dumps({"event": "send_message", "id": request, "data": data}).decode()
-        self.pending[request] = (MESSAGE, step.number, cid, device.user, due)
+        self.pending[request] = (step.number, cid, device.user, due)
         step.outstanding += 1
         try:
             await device.ws.send(text)
@@ -335,38 +274,15 @@ class Worker:
     # ---- verify: every device got every message it should, once, in order ----------------------
 
     async def _verify(self, command: dict[str, Any]) -> dict[str, Any]:
-        step = self.step
-        by_conversation: dict[str, list[tuple[str, str]]] = {}
-        for message_id, cid, sender in command["expected"]:
-            by_conversation.setdefault(cid, []).append((message_id, sender))
-        missing = [
-            (device, message_id)
-            for device in self.devices
-            for cid in device.conversations
-            for message_id, sender in by_conversation.get(cid, ())
-            if sender != device.user
-        ]
-        expected = len(missing)
+        expected = [tuple(message) for message in command["expected"]]
+        due = due_deliveries(self.devices, expected)
+        missing = still_missing(due)
         deadline = time.monotonic() + float(command["drain_timeout"])
-        while True:  # bounded by the drain timeout; the list only shrinks
-            missing = [(device, message_id) for device, message_id in missing if message_id not in device.received]
-            if not missing or time.monotonic() > deadline:
-                break
+        while missing and time.monotonic() < deadline:  # bounded by the drain timeout; the list only shrinks
             await asyncio.sleep(DRAIN_POLL_S)
-        expected_ids = {message_id for message_id, _, _ in command["expected"]}
-        return {
-            "expected": expected,
-            "delivered": expected - len(missing),
-            "lost": len(missing),
-            "duplicates": step.duplicates,
-            "out_of_order": step.out_of_order,
-            "unexpected": sum(1 for message_id in step.receipts if message_id not in expected_ids),
-            "late": step.late,
-            "errors": dict(step.errors),  # the run's, plus any found while draining
-            "disconnects": dict(self.disconnects),
-            "e2e_ms": step.e2e_ms.tobytes(),
-            "receipts": {message_id: tuple(times) for message_id, times in step.receipts.items()},
-        }
+            missing = still_missing(missing)
+        wanted = len(due)
+        return {**verdict(self.step, expected, wanted, len(missing)), "disconnects": dict(self.disconnects)}
 
     # ---- heartbeat: every idle socket still answers ---------------------------------------------
 

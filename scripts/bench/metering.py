@@ -1,12 +1,13 @@
 """What the servers the bench started cost: CPU seconds over a window and peak memory.
 
-Only processes the bench started are measured (with `--url` everything is None): the loopify
-server processes (`server_*`), and apart from them the embedded Postgres and Redis (`infra_*`),
-which share the same two cores.
+Only processes the bench started are measured (with `--url` the servers' figures are None): the
+loopify server processes (`server_*`), apart from them the embedded Postgres and Redis
+(`infra_*`), and the bench's own client workers (`bench_cpu_s`): all share the same two cores.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
@@ -22,6 +23,7 @@ class Cost:
     server_rss_mb: float | None
     infra_cpu_s: float | None
     infra_rss_mb: float | None
+    bench_cpu_s: float
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
@@ -51,14 +53,17 @@ def rss_bytes(processes: list[psutil.Process]) -> int:
 
 
 class Meter:
-    def __init__(self, servers: LocalServers | None) -> None:
+    def __init__(self, servers: LocalServers | None, clients: Callable[[], list[psutil.Process]]) -> None:
         self.servers = servers
+        self.clients = clients
+        self._client_cpu: dict[int, float] = {}
         self._server_cpu: dict[int, float] = {}
         self._infra_cpu: dict[int, float] = {}
         self._server_peak = 0
         self._infra_peak = 0
 
     def begin(self) -> None:
+        self._client_cpu = cpu_seconds(self.clients())
         if self.servers is None:
             return
         self._server_cpu = cpu_seconds(self.servers.server_processes())
@@ -74,14 +79,16 @@ class Meter:
         self._infra_peak = max(self._infra_peak, rss_bytes(self.servers.infra_processes()))
 
     def end(self) -> Cost:
+        bench_cpu_s = cpu_delta(self._client_cpu, cpu_seconds(self.clients()))
         if self.servers is None:
-            return Cost(None, None, None, None)
+            return Cost(None, None, None, None, bench_cpu_s)
         self.sample()
         return Cost(
             server_cpu_s=cpu_delta(self._server_cpu, cpu_seconds(self.servers.server_processes())),
             server_rss_mb=round(self._server_peak / BYTES_PER_MB, 1),
             infra_cpu_s=cpu_delta(self._infra_cpu, cpu_seconds(self.servers.infra_processes())),
             infra_rss_mb=round(self._infra_peak / BYTES_PER_MB, 1),
+            bench_cpu_s=bench_cpu_s,
         )
 
     def api_rss_bytes(self) -> int | None:

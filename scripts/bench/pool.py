@@ -14,6 +14,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+import psutil
+
 from scripts.bench.clients import COUNTER_NAMES, worker_main
 
 CONTEXT = multiprocessing.get_context("spawn")
@@ -43,6 +45,15 @@ class WorkerPool:
             child_end.close()
             self.pipes.append(parent_end)
             self.processes.append(process)
+
+    def processes_now(self) -> list[psutil.Process]:
+        alive = []
+        for process in self.processes:
+            try:
+                alive.append(psutil.Process(process.pid))
+            except (psutil.Error, ValueError):
+                continue
+        return alive
 
     def totals(self) -> dict[str, int]:
         width = len(COUNTER_NAMES)

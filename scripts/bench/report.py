@@ -73,6 +73,7 @@ def print_table(result: dict[str, Any], out: TextIO) -> None:
         ("projection_lag_positions", "projection lag events"),
         ("generator_lag_ms", "generator lag ms"),
         ("connect_ms", "connect ms"),
+        ("heartbeat_ms", "heartbeat ms"),
     ):
         if key in result:
             rows.append((label, _latency(result[key])))
@@ -82,6 +83,7 @@ def print_table(result: dict[str, Any], out: TextIO) -> None:
     rows += [
         ("server cpu s / rss MB", f"{_number(result['server_cpu_s'])} / {_number(result['server_rss_mb'])}"),
         ("postgres+redis cpu s / rss MB", f"{_number(result.get('infra_cpu_s'))} / {_number(result.get('infra_rss_mb'))}"),
+        ("bench clients cpu s", _number(result.get("bench_cpu_s"))),
         ("result", "PASS" if result.get("passed") else "FAIL"),
     ]
     width = max(len(label) for label, _ in rows)
@@ -91,7 +93,8 @@ def print_table(result: dict[str, Any], out: TextIO) -> None:
 
 def print_steps(steps: list[dict[str, Any]], out: TextIO) -> None:
     """The --max search, one line per rate tried."""
-    print(f"{'offered':>8}  {'msg/s':>8}  {'e2e p50':>8}  {'e2e p99':>8}  {'ack p99':>8}  {'lost':>5}  {'errors':>6}  ok", file=out)
+    header = ("offered", "msg/s", "e2e p50", "e2e p99", "ack p99")
+    print("  ".join(f"{name:>8}" for name in header) + f"  {'lost':>5}  {'errors':>6}  ok", file=out)
     for step in steps:
         e2e, ack = step["e2e_latency_ms"], step["ack_latency_ms"]
         print(

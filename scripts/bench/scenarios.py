@@ -15,62 +15,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import httpx
-
 from scripts.bench.clients import ACK_TIMEOUT_S, SEND_OVERRUN_S
 from scripts.bench.metering import BYTES_PER_MB, Meter
 from scripts.bench.plan import Plan
 from scripts.bench.pool import WorkerPool
-from scripts.bench.provision import health, projection_lag, wait_for_projection
+from scripts.bench.progress import Progress
+from scripts.bench.provision import wait_for_projection
 from scripts.bench.report import PROJECTION_LAG_METHOD
 from scripts.bench.stats import LATENCY_KEYS, SHORT_KEYS, WIDE_KEYS, rate, samples_from_bytes, summarize
 
 START_LEAD_S = 0.5  # every worker has its command before the common start instant
 REPLY_MARGIN_S = 30.0  # pickling a step's acks and receipts across processes, on a busy box
 E2E_P99_TARGET_MS = 100.0  # the --max search's bar: p99 send->receive under 100 ms
+# Warm-up: each sender once at this rate at most (a slow server must not fail its warm-up),
+# and never for longer than this.
+WARMUP_RATE = 200.0
+WARMUP_MAX_S = 30.0
+MIN_SEARCH_RATE = 10.0  # msg/s: a server that cannot meet the bar here is broken, not slow
 CONNECTIONS_SETTLE_S = 2.0  # let the server finish registering the last sockets before measuring memory
 CONNECTIONS_TIMEOUT_S = 600.0  # 10,000+ handshakes on 2 cores take a minute or two; this bounds a stuck one
 NS_PER_S = 1e9
 NS_PER_MS = 1e6
-
-
-@dataclass
-class Progress:
-    """The once-a-second line: what the workers did in the last second, the read model's lag."""
-
-    label: str
-    pool: WorkerPool
-    meter: Meter
-    health_urls: list[str]
-    out: TextIO
-    lag_samples: list[int] = field(default_factory=list)
-    _began: float = field(default_factory=time.monotonic)
-    _last: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._http = httpx.Client()
-        self._last = self.pool.totals()
-
-    def tick(self) -> None:
-        totals = self.pool.totals()
-        delta = {name: totals[name] - self._last.get(name, 0) for name in totals}
-        self._last = totals
-        lags = [projection_lag(health(self._http, url)) for url in self.health_urls]
-        known = [lag for lag in lags if lag is not None]
-        if known:
-            self.lag_samples.append(max(known))
-        self.meter.sample()
-        print(
-            f"[{self.label}] {time.monotonic() - self._began:5.0f}s  connected {totals['connected']:,}  "
-            f"sent {totals['sent']:,} (+{delta['sent']:,}/s)  acked {totals['acked']:,}  "
-            f"delivered {totals['delivered']:,} (+{delta['delivered']:,}/s)  errors {totals['errors']:,}  "
-            f"projection lag {max(known) if known else '-'} events",
-            file=self.out,
-            flush=True,
-        )
-
-    def close(self) -> None:
-        self._http.close()
 
 
 @dataclass
@@ -86,32 +51,39 @@ class Traffic:
     out: TextIO
     extra: dict[str, Any] = field(default_factory=dict)  # scenario keys to add to every result
 
-    def step(self, number: int, offered_rate: float) -> dict[str, Any]:
+    def warm_up(self, offered_rate: float) -> dict[str, Any]:
+        """Every sender sends once, slowly, before anything is measured: the first message of a
+        conversation loads its aggregate and warms the server's caches, which a steady state
+        has already done. Judged like any step (a lost message fails the run), not reported."""
+        rate = min(offered_rate, WARMUP_RATE)
+        duration = min(self.plan.total_slots() / rate, WARMUP_MAX_S)
+        return self.step(0, rate, duration, label="warm-up")
+
+    def step(self, number: int, offered_rate: float, duration_s: float | None = None, label: str = "") -> dict[str, Any]:
         wait_for_projection(self.health_urls)
-        progress = Progress(f"{self.scenario} @{offered_rate:g}/s", self.pool, self.meter, self.health_urls, self.out)
-        try:
+        name = label or f"{self.scenario} @{offered_rate:g}/s"
+        with Progress(name, self.pool, self.meter, self.health_urls, self.out) as progress:
             self.meter.begin()
+            duration, drain = duration_s or self.duration_s, self.drain_timeout_s
             start_ns = time.monotonic_ns() + int(START_LEAD_S * NS_PER_S)
             runs = self.pool.request(
                 [
-                    {"op": "run", "step": number, "rate": offered_rate * share, "start_ns": start_ns, "duration": self.duration_s}
+                    {"op": "run", "step": number, "rate": offered_rate * share, "start_ns": start_ns, "duration": duration}
                     for share in self._shares()
                 ],
-                self.duration_s + START_LEAD_S + SEND_OVERRUN_S + ACK_TIMEOUT_S + REPLY_MARGIN_S,
+                duration + START_LEAD_S + SEND_OVERRUN_S + ACK_TIMEOUT_S + REPLY_MARGIN_S,
                 progress.tick,
             )
             acks = [ack for run in runs for ack in run["acks"]]
             verifies = self.pool.request(
-                [{"op": "verify", "expected": expected, "drain_timeout": self.drain_timeout_s} for expected in self._expected(acks)],
-                self.drain_timeout_s + REPLY_MARGIN_S,
+                [{"op": "verify", "expected": expected, "drain_timeout": drain} for expected in self._expected(acks)],
+                drain + REPLY_MARGIN_S,
                 progress.tick,
             )
             cost = self.meter.end()
-        finally:
-            progress.close()
-        result = self._result(offered_rate, start_ns, runs, verifies, acks, progress.lag_samples)
+        result = self._result(offered_rate, duration, start_ns, runs, verifies, acks, progress.lag.samples)
         result.update(server_cpu_s=cost.server_cpu_s, server_rss_mb=cost.server_rss_mb)
-        result.update(infra_cpu_s=cost.infra_cpu_s, infra_rss_mb=cost.infra_rss_mb)
+        result.update(infra_cpu_s=cost.infra_cpu_s, infra_rss_mb=cost.infra_rss_mb, bench_cpu_s=cost.bench_cpu_s)
         return result
 
     def _shares(self) -> list[float]:
@@ -133,6 +105,7 @@ class Traffic:
     def _result(
         self,
         offered_rate: float,
+        duration_s: float,
         start_ns: int,
         runs: list[dict[str, Any]],
         verifies: list[dict[str, Any]],
@@ -141,14 +114,17 @@ class Traffic:
     ) -> dict[str, Any]:
         receipts = _merge_receipts(verify["receipts"] for verify in verifies)
         ack_at = {ack[0]: (ack[4], ack[5]) for ack in acks}  # id -> (due, acked)
-        projection_ms = [max(0, receipts[mid][0] - acked) / NS_PER_MS for mid, (_, acked) in ack_at.items() if mid in receipts]
+        projection_ms = [
+            max(0, receipts[mid][0] - acked) / NS_PER_MS for mid, (_, acked) in ack_at.items() if mid in receipts
+        ]
         last_delivery_ms = [(receipts[mid][1] - due) / NS_PER_MS for mid, (due, _) in ack_at.items() if mid in receipts]
         last_ack = max((ack[5] for ack in acks), default=start_ns)
         last_receipt = max((last for _, last in receipts.values()), default=start_ns)
         errors = sum((Counter(verify["errors"]) for verify in verifies), Counter())
         disconnects = sum((Counter(verify["disconnects"]) for verify in verifies), Counter())
         total = {key: sum(run[key] for run in runs) for key in ("planned", "sent", "acked", "unacked")}
-        checks = {key: sum(verify[key] for verify in verifies) for key in ("delivered", "lost", "duplicates", "out_of_order", "unexpected", "late")}
+        counted = ("delivered", "lost", "duplicates", "out_of_order", "unexpected", "late")
+        checks = {key: sum(verify[key] for verify in verifies) for key in counted}
         e2e = summarize(samples_from_bytes(verify["e2e_ms"] for verify in verifies), LATENCY_KEYS)
         result: dict[str, Any] = {
             "scenario": self.scenario,
@@ -160,15 +136,15 @@ class Traffic:
             "duplicates": checks["duplicates"],
             "out_of_order": checks["out_of_order"],
             # Sustained rates: over the send window, or until the last ack / delivery if later.
-            "throughput_msgs_per_s": rate(total["acked"], max(self.duration_s, (last_ack - start_ns) / NS_PER_S)),
-            "deliveries_per_s": rate(checks["delivered"], max(self.duration_s, (last_receipt - start_ns) / NS_PER_S)),
+            "throughput_msgs_per_s": rate(total["acked"], max(duration_s, (last_ack - start_ns) / NS_PER_S)),
+            "deliveries_per_s": rate(checks["delivered"], max(duration_s, (last_receipt - start_ns) / NS_PER_S)),
             "ack_latency_ms": summarize(samples_from_bytes(run["ack_ms"] for run in runs), LATENCY_KEYS),
             "e2e_latency_ms": e2e,
             "projection_lag_ms": summarize(projection_ms, SHORT_KEYS),
             "server_cpu_s": None,
             "server_rss_mb": None,
             **self.extra,
-            "duration_s": self.duration_s,
+            "duration_s": duration_s,
             "planned": total["planned"],
             "unacked": total["unacked"],
             "errors": sum(errors.values()),
@@ -189,7 +165,13 @@ class Traffic:
 
 def is_correct(result: dict[str, Any]) -> bool:
     """Every acked message reached every device once and in order, and nothing failed."""
-    return all(result[key] == 0 for key in ("lost", "duplicates", "out_of_order", "errors", "unacked", "disconnects"))
+    return is_lossless(result) and all(result[key] == 0 for key in ("errors", "unacked", "disconnects"))
+
+
+def is_lossless(result: dict[str, Any]) -> bool:
+    """No acked message lost, duplicated or out of order (errors under overload are a --max stop
+    signal; these never are acceptable)."""
+    return all(result[key] == 0 for key in ("lost", "duplicates", "out_of_order"))
 
 
 def within_target(result: dict[str, Any]) -> bool:
@@ -199,16 +181,26 @@ def within_target(result: dict[str, Any]) -> bool:
 
 
 def search_max(traffic: Traffic, first_rate: float, increment: float, ceiling: float) -> list[dict[str, Any]]:
-    """Step the offered rate up from `first_rate` by `increment` until a step misses the target,
-    fails a correctness check, or the ceiling is passed; returns every step tried."""
+    """Step the offered rate up from `first_rate` by `increment` while each step meets the target
+    (correct and p99 send->receive < 100 ms), up to `ceiling`. When the first rate already misses,
+    halve it until one meets the target (down to MIN_SEARCH_RATE), so a slow server still gets a
+    number. Stops at once on a lost, duplicated or out-of-order message. Returns every step."""
     steps: list[dict[str, Any]] = []
-    offered, number = first_rate, 0
-    while offered <= ceiling:  # bounded: at most (ceiling - first) / increment + 1 steps
-        result = traffic.step(number, offered)
-        steps.append(result)
-        if not result["within_target"]:
-            break
-        offered, number = offered + increment, number + 1
+
+    def attempt(offered: float) -> dict[str, Any]:
+        steps.append(traffic.step(len(steps) + 1, offered))  # step 0 is the warm-up
+        return steps[-1]
+
+    offered = first_rate
+    result = attempt(offered)
+    if not result["within_target"]:
+        while is_lossless(result) and not result["within_target"] and offered / 2 >= MIN_SEARCH_RATE:
+            offered /= 2  # bounded: log2(first_rate / MIN_SEARCH_RATE) halvings at most
+            result = attempt(offered)
+        return steps
+    while result["within_target"] and offered + increment <= ceiling:  # bounded by the ceiling
+        offered += increment
+        result = attempt(offered)
     return steps
 
 
@@ -260,7 +252,7 @@ def connections_result(
         "out_of_order": 0,
         "throughput_msgs_per_s": 0.0,
         "deliveries_per_s": 0.0,
-        "ack_latency_ms": summarize(samples_from_bytes(beat["heartbeat_ms"] for beat in beats), LATENCY_KEYS),
+        "ack_latency_ms": summarize([], LATENCY_KEYS),  # no messages: see heartbeat_ms
         "e2e_latency_ms": summarize([], LATENCY_KEYS),
         "projection_lag_ms": summarize([], SHORT_KEYS),
         "server_cpu_s": cost.server_cpu_s,
@@ -270,6 +262,8 @@ def connections_result(
         "connected": opened,
         "connect_failures": dict(failures),
         "alive": alive,
+        # Every socket's heartbeat at once: a liveness check, its latency is a burst's queueing.
+        "heartbeat_ms": summarize(samples_from_bytes(beat["heartbeat_ms"] for beat in beats), WIDE_KEYS),
         "disconnects": sum(disconnects.values()),
         "connect_s": round(opened_s, 1),
         "connect_ms": summarize(samples_from_bytes(part["connect_ms"] for part in connected), WIDE_KEYS),
@@ -278,6 +272,7 @@ def connections_result(
         "kb_per_connection": kb,
         "infra_cpu_s": cost.infra_cpu_s,
         "infra_rss_mb": cost.infra_rss_mb,
+        "bench_cpu_s": cost.bench_cpu_s,
     }
     result["passed"] = opened == wanted and alive == wanted and not disconnects
     return result

@@ -9,6 +9,7 @@ started here is stopped here (Ctrl-C first, as a user would; kill only after a t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ HOST = "127.0.0.1"  # loopback only: the bench never exposes what it starts
 START_TIMEOUT_S = 120.0  # the first start runs initdb for the embedded Postgres (seconds on 2 cores)
 STOP_TIMEOUT_S = 30.0  # a graceful stop drains the writer and detaches the embedded servers
 KILL_WAIT_S = 5.0
+INFRA_EXIT_GRACE_S = 10.0  # Redis writes its append-only file and Postgres checkpoints on the way out
 HEALTH_POLL_S = 0.2
 HEALTH_TIMEOUT_S = 2.0
 # The servers' per-user send limit (default 60/min) would refuse a bench user after a second.
@@ -67,6 +69,7 @@ class LocalServers:
         roles = ["all"] if nodes == 1 else ["projector", *["api"] * nodes]
         self.nodes = [Node(role, free_port(), data_dir / f"server-{role}-{i}.log") for i, role in enumerate(roles)]
         self._detach: list[Callable[[], None]] = []
+        self._infra: list[psutil.Process] = []
 
     @property
     def api_urls(self) -> list[str]:
@@ -82,6 +85,7 @@ class LocalServers:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         first, *rest = self.nodes
         self._start_node(first, {})
+        self._infra = self.infra_daemons()
         if not rest:
             return
         urls = self._attach_embedded()
@@ -99,6 +103,31 @@ class LocalServers:
         for detach in reversed(self._detach):
             detach()
         self._detach.clear()
+        self._reap_infra()
+
+    def _reap_infra(self) -> None:
+        """The embedded Postgres and Redis normally stop with their last client; if a killed node
+        left them running, stop them here: the bench leaves no process behind."""
+        _, alive = psutil.wait_procs(self._infra, timeout=INFRA_EXIT_GRACE_S)  # they may still be saving
+        if not alive:
+            return
+        names = ", ".join(f"{process.name()} ({process.pid})" for process in alive)
+        print(f"stopping what the nodes left running: {names}", file=sys.stderr)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGINT)  # Postgres: fast shutdown; Redis: save and exit
+        _, still = psutil.wait_procs(alive, timeout=STOP_TIMEOUT_S)
+        for process in still:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+    def infra_daemons(self) -> list[psutil.Process]:
+        """The postmaster and redis-server of the data dir (not the Postgres backends)."""
+        daemons = []
+        for pid in (_postgres_pid(self.data_dir), _redis_pid(self.data_dir)):
+            with contextlib.suppress(psutil.Error, TypeError):
+                daemons.append(psutil.Process(pid))
+        return daemons
 
     def _start_node(self, node: Node, extra: dict[str, str]) -> None:
         env = self._environment(extra)
@@ -163,14 +192,9 @@ class LocalServers:
     def infra_processes(self) -> list[psutil.Process]:
         """The embedded Postgres (postmaster and backends) and Redis, found by their pid files."""
         found: list[psutil.Process] = []
-        for pid in (_postgres_pid(self.data_dir), _redis_pid(self.data_dir)):
-            if pid is None:
-                continue
-            try:
-                process = psutil.Process(pid)
-                found.extend([process, *process.children(recursive=True)])
-            except psutil.Error:
-                continue
+        for daemon in self.infra_daemons():
+            with contextlib.suppress(psutil.Error):
+                found.extend([daemon, *daemon.children(recursive=True)])
         return found
 
 

@@ -1,0 +1,87 @@
+"""`loopify bench` as a user runs it: a few seconds of chat against servers it starts itself,
+and against one already running (`--url`). Only the correctness counters and the JSON contract
+are asserted; timing belongs to the benchmark's own output, never to a test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.e2e.server_process import ServerProcess, loopify, project_env
+
+BENCH_TIMEOUT_S = 55  # a 3 s run plus server start (initdb), setup, drain and stop; under CI's 60 s
+JWT_SECRET = "e2e-secret-bench-0123456789abcdef0123456789abcdef"
+LATENCY = {"p50", "p95", "p99", "max"}
+# The contract (issue 5), written out here rather than imported from the code under test.
+CONTRACT = {
+    "scenario": str,
+    "offered_rate": (int, float),
+    "sent": int,
+    "acked": int,
+    "delivered": int,
+    "lost": int,
+    "duplicates": int,
+    "out_of_order": int,
+    "throughput_msgs_per_s": (int, float),
+    "deliveries_per_s": (int, float),
+    "ack_latency_ms": dict,
+    "e2e_latency_ms": dict,
+    "projection_lag_ms": dict,
+    "server_cpu_s": (int, float, type(None)),
+    "server_rss_mb": (int, float, type(None)),
+}
+
+
+def run_bench(tmp_path: Path, *args: str, **env: str) -> dict:
+    out = tmp_path / "bench.json"
+    result = loopify(["bench", *args, "--json", str(out)], project_env(tmp_path / "cli", **env), timeout=BENCH_TIMEOUT_S)
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-4000:]}"
+    assert "lost / dup / out of order" in result.stdout  # the summary table
+    return json.loads(out.read_text())
+
+
+def assert_contract(report: dict) -> None:
+    for key, kind in CONTRACT.items():
+        assert key in report, f"missing {key}"
+        assert isinstance(report[key], kind), f"{key} = {report[key]!r}"
+    assert set(report["ack_latency_ms"]) == LATENCY
+    assert set(report["e2e_latency_ms"]) == LATENCY
+    assert set(report["projection_lag_ms"]) == {"p50", "p99"}
+
+
+class TestBenchSmoke:
+    def test_a_short_chat_run_on_its_own_server_delivers_every_message_once_in_order(self, tmp_path: Path) -> None:
+        report = run_bench(tmp_path, "--scenario", "chat", "--duration", "3", "--rate", "50", "--users", "10")
+
+        assert_contract(report)
+        assert report["scenario"] == "chat"
+        assert (report["lost"], report["duplicates"], report["out_of_order"]) == (0, 0, 0)
+        # 150 sends were offered; every one was acked and reached the other user of its pair.
+        assert report["sent"] == 150
+        assert report["acked"] == report["sent"] == report["delivered"]
+        assert report["ack_latency_ms"]["p50"] is not None and report["e2e_latency_ms"]["p50"] is not None
+        assert report["server_cpu_s"] is not None and report["server_rss_mb"] is not None
+
+    def test_against_a_running_server_it_mints_tokens_with_the_given_secret(self, tmp_path: Path) -> None:
+        server = ServerProcess(
+            project_env(tmp_path / "server", JWT_SECRET=JWT_SECRET, RATE_LIMIT_PER_MINUTE="100000")
+        ).start()
+        try:
+            report = run_bench(
+                tmp_path, "--url", server.url, "--duration", "2", "--rate", "20", "--users", "4", JWT_SECRET=JWT_SECRET
+            )
+        finally:
+            server.stop()
+
+        assert_contract(report)
+        assert (report["lost"], report["duplicates"], report["out_of_order"]) == (0, 0, 0)
+        assert report["acked"] == report["sent"] == report["delivered"] == 40
+        assert report["server_cpu_s"] is None  # not a process the bench started
+
+    def test_a_scenario_not_built_yet_says_so_instead_of_printing_numbers(self, tmp_path: Path) -> None:
+        result = loopify(["bench", "--scenario", "typing"], project_env(tmp_path / "cli"), timeout=BENCH_TIMEOUT_S)
+
+        assert result.returncode == 2
+        assert "not implemented yet" in result.stderr
+        assert result.stdout == ""
