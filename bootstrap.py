@@ -18,7 +18,8 @@ import asyncpg
 import psycopg
 import redis
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 from broadcaster import Broadcast
 from starlette.applications import Starlette
@@ -132,7 +133,13 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
             container = build(settings, with_writer=role in API_ROLES)
             stack.callback(container.close)
             assert container.redis_url is not None
-            redis_client = aioredis.from_url(container.redis_url)
+            # A restarted Redis closes every pooled connection: retry once or twice on a fresh one
+            # instead of failing the first request that touches Redis afterwards.
+            redis_client = aioredis.from_url(
+                container.redis_url,
+                retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+                retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+            )
             stack.push_async_callback(redis_client.aclose)
             runtime.attach(
                 service=container.service,

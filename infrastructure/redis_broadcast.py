@@ -145,8 +145,13 @@ class ResilientRedisBackend(BroadcastBackend):
             # resubscribe behind our back, and we would never learn that messages were lost.
             "retry": Retry(NoBackoff(), 0),
         }
+        # Publishing may retry once: after a Redis restart every pooled connection is stale, and a
+        # PUBLISH on a fresh one is exactly what the caller wanted (no message can be lost by it).
         pool = aioredis.BlockingConnectionPool.from_url(
-            self._url, max_connections=PUBLISH_POOL_SIZE, timeout=COMMAND_TIMEOUT_S, **options
+            self._url,
+            max_connections=PUBLISH_POOL_SIZE,
+            timeout=COMMAND_TIMEOUT_S,
+            **{**options, "retry": Retry(NoBackoff(), 1)},
         )
         self._pub_client = aioredis.Redis(connection_pool=pool)
         self._sub_client = aioredis.Redis.from_url(self._url, **options)

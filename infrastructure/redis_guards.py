@@ -76,6 +76,14 @@ class TypingGate:
     async def stop(self, conversation_id: str, user_id: str) -> None:
         await self.redis.zrem(TYPING_EXPIRIES_KEY, f"{conversation_id}|{user_id}")
 
+    async def sent(self, conversation_id: str, user_id: str) -> None:
+        """A message ends typing: forget the expiry and the start throttle."""
+        member = f"{conversation_id}|{user_id}"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(TYPING_EXPIRIES_KEY, member)
+            pipe.delete(f"typing:throttle:{member}")
+            await pipe.execute()
+
     async def expired(self) -> list[tuple[str, str]]:
         """(conversation, user) pairs whose typing lapsed; each is returned to one caller."""
         due = await self._pop_expired(keys=[TYPING_EXPIRIES_KEY], args=[time.time()])

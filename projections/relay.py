@@ -91,6 +91,12 @@ class Relay:
             }
             body = frame("message_received", {"message": message, "conversationId": cid})
             yield conversation_channel(cid), _envelope("message", cid, body, seq=e.seq, messageId=str(e.message_id))
+            # Sending stops the sender's typing (the aggregate records no separate event for it).
+            key = TYPING_KEY.format(cid)
+            if self.client.srem(key, e.actor_id):
+                typing_users = sorted(member.decode() for member in self.client.smembers(key))
+                body = frame("typing_update", {"conversationId": cid, "typingUsers": typing_users})
+                yield conversation_channel(cid), _envelope("typing", cid, body)
         elif isinstance(e, (Conversation.MessageEdited, Conversation.MessageDeleted)):
             name = "message_updated" if isinstance(e, Conversation.MessageEdited) else "message_deleted"
             message = changed.get(e.message_id) or {"id": str(e.message_id), "conversationId": cid, "seq": e.seq}

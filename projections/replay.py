@@ -236,15 +236,24 @@ class Replay:
                 events += len(batch)
             events += sum(copy.result() for copy in copies)
         log.info("replay: messages copied and other events folded in %.1f s", time.monotonic() - began)
+        search_index, *other_indexes = create_index_statements(generation)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="replay-index") as pool:
+            builds = [pool.submit(self._build_indexes, group) for group in ([search_index], other_indexes)]
+            for build in builds:
+                build.result()
         with conn.transaction(), conn.cursor() as cursor:
-            cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")  # index builds sort in memory
-            for statement in create_index_statements(generation):
-                cursor.execute(statement)
             _merge_what_messages_imply(cursor, schema, changes)
             changes.position = head
             apply(cursor, schema, changes, 0)
         log.info("replay: indexes built and state written at %.1f s", time.monotonic() - began)
         return head, events
+
+    def _build_indexes(self, statements: list[sql.Composed]) -> None:
+        """Several CREATE INDEX on one table may run at once (they take SHARE locks)."""
+        with psycopg.connect(self.database_url) as conn, conn.transaction(), conn.cursor() as cursor:
+            cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")  # index builds sort in memory
+            for statement in statements:
+                cursor.execute(statement)
 
     def _copy_messages_in_bulk(
         self, schema: str, source: BulkMessageSource, ranges: list[tuple[int, int]], head: int, began: float

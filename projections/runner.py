@@ -179,6 +179,7 @@ class ProjectionRunner:
                 self.status.redis_position = changes.position
             except Exception as error:  # Redis down: Postgres goes on; Redis catches up later
                 self._redis_behind = True
+                self._relay_behind = True  # this batch will not be published below: republish it later
                 self.status.last_error = f"redis: {error}"
                 log.warning("Redis projection refresh failed: %s", error)
         if self.relay is not None and not self._relay_behind and not self._redis_behind:

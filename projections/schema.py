@@ -90,12 +90,13 @@ def create_index_statements(generation: int) -> list[sql.Composed]:
     faster than maintaining them row by row, the GIN index above all)."""
     schema = sql.Identifier(generation_schema(generation))
     statements = [
-        "CREATE UNIQUE INDEX IF NOT EXISTS messages_pkey ON {s}.messages (id)",
-        # Message pages and sync: a conversation's messages by seq (unique: seq is gapless).
-        "CREATE UNIQUE INDEX IF NOT EXISTS messages_conversation_seq ON {s}.messages (conversation_id, seq)",
+        # First, and the slowest by far: a rebuild gives it a backend of its own.
         # Full-text search; 'simple' because chat is multilingual and full of names and slang.
         """CREATE INDEX IF NOT EXISTS messages_search ON {s}.messages
             USING gin (to_tsvector('simple', coalesce(content, '')))""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS messages_pkey ON {s}.messages (id)",
+        # Message pages and sync: a conversation's messages by seq (unique: seq is gapless).
+        "CREATE UNIQUE INDEX IF NOT EXISTS messages_conversation_seq ON {s}.messages (conversation_id, seq)",
         "CREATE INDEX IF NOT EXISTS messages_by_position ON {s}.messages (conversation_id, position)",
     ]
     return [sql.SQL(statement).format(s=schema) for statement in statements]

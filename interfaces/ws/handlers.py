@@ -88,6 +88,8 @@ async def send_message(session: Session, data: dict[str, Any]) -> dict[str, Any]
         client_message_id,
     )
     await session.written(result.position)
+    if session.runtime.typing_gate is not None:  # sending ends typing; the next keystroke may start anew
+        await session.runtime.typing_gate.sent(str(conversation_id), session.user)
     ack = {"message": message_json(result.value)}
     session.connection.note_own_message(ack["message"]["id"])
     if client_message_id and dedup is not None:
@@ -113,10 +115,9 @@ async def typing(session: Session, data: dict[str, Any]) -> dict[str, Any]:
     conversation_id = field_id(data, "conversationId")
     is_typing = field_bool(data, "isTyping")
     cid = str(conversation_id)
-    if cid not in session.connection.seen_seq:
-        from domain.errors import NotParticipantError
-
-        raise NotParticipantError("you are not a participant of this conversation")
+    if cid not in session.connection.seen_seq:  # not known to this device yet: ask the read model
+        await session.caught_up()
+        await session.runtime.read_model.get_conversation(session.user, conversation_id)  # 404 / 403
     gate = session.runtime.typing_gate
     if is_typing:
         # Refreshes extend the 6 s expiry; only a start every 3 s reaches the event store.

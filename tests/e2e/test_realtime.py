@@ -465,14 +465,14 @@ class TestRedisRestart:
                 assert during["event"] in ("ack", "error"), during
 
                 # Redis comes back on the same port, empty, and both nodes report it healthy.
-                # (Requests right after the restart may fail: see the xfail test below.)
+                # (Requests right after the restart retry on a fresh connection.)
                 await asyncio.to_thread(cluster.redis.start)
                 for node in cluster.nodes:
                     await until_healthy(node)
 
                 # Alice's sends go through again (each retried with its clientMessageId). The first
                 # batch after the restart finds the Redis projection gone and rebuilds it (and is not
-                # relayed live: see the xfail test below); the projector is past it before she goes on.
+                # relayed live, republished after a failed refresh); the projector is past it before she goes on.
                 after = [await send_when_possible(alice, cid, "after 1", "after-1")]
                 await until_projected(cluster)
                 after += [await send_when_possible(alice, cid, f"after {n}", f"after-{n}") for n in (2, 3)]
@@ -519,15 +519,6 @@ async def until_healthy(server: ServerProcess) -> None:
 
 
 class TestRightAfterARedisRestart:
-    @pytest.mark.xfail(
-        strict=True,
-        reason="api nodes' Redis clients do not retry a dead pooled connection: after a Redis restart the"
-        " first command on each one fails (redis ConnectionError 'Connection closed by server'), so a node's"
-        " first presence_update is lost (interfaces/ws/endpoint.py _announce_presence logs 'could not"
-        " announce presence'; ResilientRedisBackend's publish pool uses Retry(NoBackoff(), 0)), and the first"
-        " requests that touch Redis get INTERNAL (bootstrap.py create_app: aioredis.from_url(redis_url) has"
-        " redis-py 8.1's default of 0 retries).",
-    )
     def test_a_user_who_comes_online_after_the_restart_is_announced_to_her_contacts(self, cluster: Cluster) -> None:
         node_a, node_b = cluster.nodes
 
@@ -553,14 +544,6 @@ class TestRightAfterARedisRestart:
 
         run(story())
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="projections/runner.py ProjectionRunner._project: when the Redis counters refresh fails (always"
-        " for the first batch after a Redis restart: RedisLostError 'the Redis projection's position is gone';"
-        " and for every batch while Redis is down) the relay publish is skipped but _relay_behind is not set,"
-        " so _republish never publishes that batch: its messages, typing and receipts never reach connected"
-        " devices live (a device that does not sync misses them; observed with a message too).",
-    )
     def test_the_first_event_committed_after_a_redis_restart_is_relayed_live(self, cluster: Cluster) -> None:
         node_a, node_b = cluster.nodes
 
@@ -772,14 +755,6 @@ class TestTyping:
 
         run(story())
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="interfaces/ws/handlers.py typing(): the participant check is `cid in"
-        " session.connection.seen_seq`, the hub's in-memory membership that the relay's membership envelope"
-        " fills a few ms after the projection, while join_conversation checks the read model. So typing in a"
-        " conversation just started is refused FORBIDDEN even after join_conversation was acked (here about"
-        " 1 attempt in 4; 39 in 40 without the join).",
-    )
     def test_a_participant_can_type_as_soon_as_she_has_opened_a_new_conversation(self, server: ServerProcess) -> None:
         alice = unique("alice")
 
@@ -794,14 +769,6 @@ class TestTyping:
 
         run(story())
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="sending a message clears the sender's typing in the aggregate (domain/conversation.py"
-        " _message_sent: self.typing.pop) but projections/relay.py publishes no typing_update for it and"
-        " never removes the sender from conversation:typing:{id}; her later typing:false is no state change,"
-        " so no event: every device keeps showing her as typing, and the next typing_update of anyone"
-        " still lists her (['alice', 'bob'] instead of ['bob']).",
-    )
     def test_after_the_typist_sends_her_message_she_is_no_longer_listed_as_typing(self, server: ServerProcess) -> None:
         alice, bob = unique("alice"), unique("bob")
 
