@@ -29,6 +29,7 @@ from application.group_commit import GroupCommitWriter
 from application.messaging import MessagingApplication
 from application.service import MessagingService
 from infrastructure.embedded import EmbeddedPostgres, EmbeddedRedis
+from infrastructure.event_store import schema_creation_lock
 from infrastructure.jwt_tokens import JwtCodec
 from infrastructure.presence import REFRESH_S as PRESENCE_REFRESH_S
 from infrastructure.presence import SWEEP_S as PRESENCE_SWEEP_S
@@ -101,7 +102,8 @@ def resolve_servers(settings: Settings, *, need_redis: bool = True) -> tuple[str
 def build(settings: Settings, *, with_writer: bool = True, need_redis: bool = True) -> Container:
     database_url, redis_url, embedded = resolve_servers(settings, need_redis=need_redis)
     try:
-        app = MessagingApplication(env=parse_database_url(database_url).eventsourcing_env())
+        with schema_creation_lock(database_url):
+            app = MessagingApplication(env=parse_database_url(database_url).eventsourcing_env())
     except Exception:
         for server in reversed(embedded):
             server.stop()

@@ -13,17 +13,38 @@ The library's own recorder test cases run against this class
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+import psycopg
 from psycopg import Cursor
 from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Identifier
 
 from application.ports import IndexedMessage, MessageIndexChanges
+
+
+SCHEMA_LOCK_KEY = 0x6C6F6F70_00000001  # any constant; distinct from the projector's locks
+
+
+@contextmanager
+def schema_creation_lock(database_url: str) -> Iterator[None]:
+    """Hold off other processes while the event store creates its tables.
+
+    The library's table creation (events, snapshots, types, functions) is not safe to run
+    concurrently: api nodes starting together on a fresh database collide in the system
+    catalogue. A session advisory lock makes them take turns; later starts find everything.
+    """
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
 
 class MessagingRecorder(PostgresApplicationRecorder):
