@@ -58,6 +58,8 @@ ROLES = ("all", "api", "projector", "push")
 API_ROLES = ("all", "api")  # serve GraphQL/WebSocket and accept commands
 PROJECTOR_ROLES = ("all", "projector")  # follow the log into the read models
 READ_POOL_SIZE = 10  # asyncpg connections for queries per api process
+REDIS_POOL_SIZE = 256  # concurrent Redis commands per api process (each a socket to Redis)
+REDIS_POOL_WAIT_S = 5.0  # past this a request fails: Redis is down or the node is drowning
 # Frames above the protocol's 64 KB get a PAYLOAD_TOO_LARGE error and the socket stays open;
 # frames above this are abuse, and uvicorn closes the socket (1009) before reading them whole.
 WS_MAX_FRAME_BYTES = 1024 * 1024
@@ -137,11 +139,19 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
             assert container.redis_url is not None
             # A restarted Redis closes every pooled connection: retry once or twice on a fresh one
             # instead of failing the first request that touches Redis afterwards.
-            redis_client = aioredis.from_url(
+            # A blocking pool: under a burst, a handler waits for a connection instead of failing
+            # with INTERNAL when more than max_connections are busy at once.
+            redis_pool = aioredis.BlockingConnectionPool.from_url(
                 container.redis_url,
+                max_connections=REDIS_POOL_SIZE,
+                timeout=REDIS_POOL_WAIT_S,
                 retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
                 retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
             )
+            redis_client = aioredis.Redis(connection_pool=redis_pool)
+            # An explicit pool is not closed by the client: disconnect it, or an embedded Redis
+            # still sees clients at exit and keeps running.
+            stack.push_async_callback(redis_pool.disconnect)
             stack.push_async_callback(redis_client.aclose)
             runtime.attach(
                 service=container.service,

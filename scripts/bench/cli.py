@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from infrastructure.jwt_tokens import JwtCodec
 from scripts.bench.metering import Meter
 from scripts.bench.plan import Plan, plan_chat, plan_connections, plan_group
 from scripts.bench.pool import WorkerError, WorkerPool
+from scripts.bench.progress import connect_ticker
 from scripts.bench.provision import SetupError, start_conversations, wait_for_projection
 from scripts.bench.report import print_steps, print_table, write_json
-from scripts.bench.progress import connect_ticker
 from scripts.bench.scenarios import Traffic, connections_result, is_lossless, search_max
 from scripts.bench.servers import LocalServers
 
@@ -43,6 +44,7 @@ NOT_IMPLEMENTED = ("typing", "replay")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # the bench loads only this machine
 USAGE_ERROR = 2
 FAILED = 1
+INTERRUPTED = 130  # the shell's convention for SIGINT
 DEFAULT_USERS = {"chat": 1000, "connections": 1000}
 DEFAULT_RATE = {"chat": 500.0, "group": 25.0}  # group: 25 messages/s to 100 members is ~2,500 deliveries/s
 DEFAULT_WORKERS = 2  # one per core of the reference machine; the servers share those cores
@@ -179,14 +181,15 @@ def run(argv: Sequence[str], *, jwt_secret: str | None, jwt_algorithm: str) -> i
     except ValueError as error:
         print(f"loopify bench: error: {error}", file=sys.stderr)
         return USAGE_ERROR
-    from infrastructure.jwt_tokens import JwtCodec
-
     codec = JwtCodec(secret, jwt_algorithm)
     try:
         result = _run(options, plan, lambda user: codec.mint(user, TOKEN_TTL_S), secret)
     except (SetupError, WorkerError, RuntimeError) as error:
         print(f"loopify bench: failed: {error}", file=sys.stderr)
         return FAILED
+    except KeyboardInterrupt:  # everything started has been stopped on the way out
+        print("loopify bench: interrupted", file=sys.stderr)
+        return INTERRUPTED
     print_table(result, sys.stdout)
     if options.json_path is not None:
         write_json(result, options.json_path)

@@ -20,6 +20,7 @@ due time a sender writes into `clientMessageId` is comparable with a receiver's 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import traceback
 from array import array
@@ -58,6 +59,9 @@ CONTENT = "Hi! Is the bike still available? I could pick it up on Saturday morni
 
 def worker_main(index: int, pipe: Connection, counters: Any) -> None:
     """The worker process's entry point (multiprocessing target)."""
+    # Ctrl-C reaches the whole process group; the parent decides when a worker stops (its
+    # `close` command, or the pipe's end when the parent is gone), so the sockets close cleanly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     asyncio.run(Worker(index, pipe, counters).serve())
 
 
