@@ -59,18 +59,32 @@ class DedupCache:
         await self.redis.set(self.key(conversation_id, sender_id, client_message_id), ack, ex=DEDUP_TTL_S)
 
 
+# Refresh the expiry; a start goes to the write side only if the user is not already listed as
+# typing (the relay keeps that set) and no start went out in the last few seconds.
+_REFRESH_TYPING = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 1 then return 0 end
+if redis.call('SET', KEYS[3], 1, 'NX', 'EX', ARGV[4]) then return 1 end
+return 0
+"""
+
+
 class TypingGate:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
         self._pop_expired = redis.register_script(_POP_EXPIRED)
+        self._refresh = redis.register_script(_REFRESH_TYPING)
 
     async def refresh(self, conversation_id: str, user_id: str) -> bool:
-        """Note that the user is typing; True when a start may go to the write side now."""
+        """Note that the user is typing; True when a start should go to the write side now.
+
+        A refresh of someone already typing costs one Redis call and nothing else: sending it
+        to the write side would be a no-op command competing with messages for the writer."""
         member = f"{conversation_id}|{user_id}"
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(TYPING_EXPIRIES_KEY, {member: time.time() + TYPING_EXPIRY_S})
-            pipe.set(f"typing:throttle:{member}", 1, nx=True, ex=TYPING_START_THROTTLE_S)
-            _, started = await pipe.execute()
+        started = await self._refresh(
+            keys=[TYPING_EXPIRIES_KEY, f"conversation:typing:{conversation_id}", f"typing:throttle:{member}"],
+            args=[time.time() + TYPING_EXPIRY_S, member, user_id, TYPING_START_THROTTLE_S],
+        )
         return bool(started)
 
     async def stop(self, conversation_id: str, user_id: str) -> None:
