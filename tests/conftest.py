@@ -35,7 +35,7 @@ def redis_url(data_root: Path) -> Iterator[str]:
     server = EmbeddedRedis(data_root)
     url = server.start()
     yield url
-    server.stop()
+    server.stop(force=True)  # this session owns it: stop it even if a test left a client open
 
 
 @pytest.fixture
