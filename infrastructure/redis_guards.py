@@ -7,6 +7,8 @@ import time
 
 import redis.asyncio as aioredis
 
+from projections.relay import TYPING_KEY  # the set the relay keeps of who is typing
+
 RATE_WINDOW_S = 60  # RATE_LIMIT_PER_MINUTE is per minute; a fixed window is simple and fair enough
 DEDUP_TTL_S = 300  # the seed's 5 minutes: a client's retries happen within seconds
 TYPING_START_THROTTLE_S = 3  # at most one "started typing" per user and conversation every 3 s
@@ -82,7 +84,7 @@ class TypingGate:
         to the write side would be a no-op command competing with messages for the writer."""
         member = f"{conversation_id}|{user_id}"
         started = await self._refresh(
-            keys=[TYPING_EXPIRIES_KEY, f"conversation:typing:{conversation_id}", f"typing:throttle:{member}"],
+            keys=[TYPING_EXPIRIES_KEY, TYPING_KEY.format(conversation_id), f"typing:throttle:{member}"],
             args=[time.time() + TYPING_EXPIRY_S, member, user_id, TYPING_START_THROTTLE_S],
         )
         return bool(started)

@@ -25,19 +25,12 @@ from broadcaster import Broadcast
 
 from interfaces.serialization import message_json
 from interfaces.ws.connection import Connection
+from projections.relay import conversation_channel, user_channel  # one naming, publisher and subscriber
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_S = 5.0  # Redis confirms in milliseconds; seconds mean it is down
 CATCH_UP_LIMIT = 500  # messages per conversation per catch-up; beyond that clients `sync`
-
-
-def conversation_channel(conversation_id: Any) -> str:
-    return f"conv:{conversation_id}"
-
-
-def user_channel(user_id: str) -> str:
-    return f"user:{user_id}"
 
 
 class Hub:
