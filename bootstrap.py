@@ -8,11 +8,17 @@ Starlette app. Nothing is built at import time.
 from __future__ import annotations
 
 import logging
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+import dataclasses
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator
 
 import asyncio
+import json
+import multiprocessing
+import os
+import signal
+from multiprocessing.sharedctypes import SynchronizedString
 
 import asyncpg
 import psycopg
@@ -35,7 +41,8 @@ from infrastructure.presence import REFRESH_S as PRESENCE_REFRESH_S
 from infrastructure.presence import SWEEP_S as PRESENCE_SWEEP_S
 from infrastructure.presence import PresenceStore
 from infrastructure.redis_broadcast import ResilientRedisBackend
-from infrastructure.redis_guards import DedupCache, RateLimiter, TypingGate
+from infrastructure.redis_guards import SendGuard, TypingGate
+from infrastructure.redis_mux import RedisMux
 from infrastructure.postgres_url import parse_database_url
 from infrastructure.settings import Settings
 from interfaces.http.app import build_http_app
@@ -47,7 +54,7 @@ from projections.position_watcher import PositionWatcher
 from projections.queries import ReadModel
 from projections.read_your_writes import ReadYourWrites
 from projections.redis_counters import RedisCounters
-from projections.runner import ProjectionRunner
+from projections.runner import ProjectionRunner, RunnerStatus
 from projections.relay import Relay
 from projections.replay import Replay
 from projections.schema import ensure_read_model
@@ -60,6 +67,9 @@ PROJECTOR_ROLES = ("all", "projector")  # follow the log into the read models
 READ_POOL_SIZE = 10  # asyncpg connections for queries per api process
 REDIS_POOL_SIZE = 256  # concurrent Redis commands per api process (each a socket to Redis)
 REDIS_POOL_WAIT_S = 5.0  # past this a request fails: Redis is down or the node is drowning
+PROJECTOR_STATUS_BYTES = 4096  # the child projector's /health figures, as JSON in shared memory
+PROJECTOR_STATUS_EVERY_S = 0.2
+PROJECTOR_STOP_TIMEOUT_S = 15.0
 # Frames above the protocol's 64 KB get a PAYLOAD_TOO_LARGE error and the socket stays open;
 # frames above this are abuse, and uvicorn closes the socket (1009) before reading them whole.
 WS_MAX_FRAME_BYTES = 1024 * 1024
@@ -162,17 +172,15 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
                 },
                 writer_stats=container.writer.stats.as_dict if container.writer else None,
             )
-            runner = None
-            if role in PROJECTOR_ROLES:
-                # Fail fast: while Redis is down the runner projects Postgres and retries Redis
-                # itself; redis-py's own retries would stall every batch for seconds.
-                sync_redis = redis.Redis.from_url(
-                    container.redis_url, retry=Retry(NoBackoff(), 0), socket_timeout=2, socket_connect_timeout=2
-                )
-                stack.callback(sync_redis.close)
-                runner = ProjectionRunner(
-                    container.app, container.database_url, RedisCounters(sync_redis), relay=Relay(sync_redis)
-                )
+            runner: ProjectionRunner | ProjectorProcess | None = None
+            if role == "projector":
+                runner = _projection_runner(stack, container.app, container.database_url, container.redis_url)
+                runner.start()
+                stack.callback(runner.stop)
+            elif role == "all":
+                # The projector gets a process of its own: as a thread it competed with the
+                # event loop for the GIL and stalled every socket of the node.
+                runner = ProjectorProcess(container.database_url, container.redis_url)
                 runner.start()
                 stack.callback(runner.stop)
             watcher = None
@@ -183,14 +191,18 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
                 watcher = PositionWatcher(container.database_url)
                 await watcher.start()
                 stack.push_async_callback(watcher.stop)
-                read_your_writes = ReadYourWrites(redis_client, watcher)
+                # The hot path's Redis calls (send guard, typing, presence, read-your-writes) share
+                # one pipelined connection; redis-py's pool stays for everything else.
+                mux = RedisMux(container.redis_url)
+                stack.push_async_callback(mux.aclose)
+                read_your_writes = ReadYourWrites(mux, watcher)
                 read_model = ReadModel(pool, redis_client)
                 runtime.attach(
                     read_model=read_model,
                     wait_for_own_writes=read_your_writes.wait_for_user,
                     note_write=read_your_writes.note_write,
                 )
-                await _start_realtime(stack, runtime, container, redis_client, read_model)
+                await _start_realtime(stack, runtime, container, mux, read_model)
             runtime.attach(projection_status=lambda: _projection_status(container, runner, watcher))
             yield
 
@@ -198,7 +210,7 @@ def create_app(settings: Settings, role: str = "all") -> Starlette:
 
 
 async def _start_realtime(
-    stack: AsyncExitStack, runtime: Runtime, container: Container, redis_client: aioredis.Redis, read_model: ReadModel
+    stack: AsyncExitStack, runtime: Runtime, container: Container, mux: RedisMux, read_model: ReadModel
 ) -> None:
     """The WebSocket side of an api node: fan-out hub, presence, guards, periodic duties."""
     assert container.redis_url is not None
@@ -211,10 +223,9 @@ async def _start_realtime(
     backend.add_reconnect_listener(hub.on_reconnect)
     runtime.attach(
         hub=hub,
-        presence=PresenceStore(redis_client),
-        rate_limiter=RateLimiter(redis_client, container.settings.rate_limit_per_minute),
-        dedup=DedupCache(redis_client),
-        typing_gate=TypingGate(redis_client),
+        presence=PresenceStore(mux),
+        send_guard=SendGuard(mux, container.settings.rate_limit_per_minute),
+        typing_gate=TypingGate(mux),
     )
     for duty in (
         keep_devices_alive(runtime, PRESENCE_REFRESH_S),
@@ -225,18 +236,88 @@ async def _start_realtime(
         stack.callback(task.cancel)
 
 
+def _projection_runner(
+    stack: AsyncExitStack | ExitStack, event_log: MessagingApplication, database_url: str, redis_url: str
+) -> ProjectionRunner:
+    # Fail fast: while Redis is down the runner projects Postgres and retries Redis itself;
+    # redis-py's own retries would stall every batch for seconds.
+    sync_redis = redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0), socket_timeout=2, socket_connect_timeout=2)
+    stack.callback(sync_redis.close)
+    return ProjectionRunner(event_log, database_url, RedisCounters(sync_redis), relay=Relay(sync_redis))
+
+
+class ProjectorProcess:
+    """The projection runner of a `--role all` node, in a child process on the node's servers.
+
+    The child stops when asked, on SIGTERM/SIGINT, or when the parent dies; its figures reach
+    the parent's /health through a small block of shared memory."""
+
+    def __init__(self, database_url: str, redis_url: str) -> None:
+        context = multiprocessing.get_context("spawn")  # no inherited threads, sockets or loop
+        self._stop = context.Event()
+        self._status: SynchronizedString = context.Array("c", PROJECTOR_STATUS_BYTES)  # type: ignore[assignment]
+        self._process = context.Process(
+            target=_run_projector_process,
+            args=(database_url, redis_url, self._stop, self._status),
+            name="loopify-projector",
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        self._process.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._process.join(PROJECTOR_STOP_TIMEOUT_S)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+    @property
+    def is_running(self) -> bool:
+        return self._process.is_alive()
+
+    @property
+    def status(self) -> RunnerStatus:
+        raw = self._status.value
+        return RunnerStatus(**json.loads(raw)) if raw else RunnerStatus(last_error="projector starting")
+
+
+def _run_projector_process(database_url: str, redis_url: str, stop: Any, status: SynchronizedString) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The parent decides when to stop: a Ctrl-C reaches the whole process group, and the
+    # parent still needs the projector while it drains its writer.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    parent = multiprocessing.parent_process()
+    app = MessagingApplication(env=parse_database_url(database_url).eventsourcing_env())
+    with ExitStack() as stack:
+        stack.callback(app.close)
+        runner = _projection_runner(stack, app, database_url, redis_url)
+        runner.start()
+        stack.callback(runner.stop)
+        while not stop.wait(PROJECTOR_STATUS_EVERY_S):
+            if parent is not None and not parent.is_alive():
+                break
+            figures = dataclasses.asdict(runner.status)
+            figures["last_error"] = (figures["last_error"] or "")[:1000] or None
+            status.value = json.dumps(figures).encode()
+    os._exit(0)  # skip interpreter teardown: everything above is closed
+
+
 def _ensure_read_model(database_url: str) -> None:
     with psycopg.connect(database_url) as connection, connection.cursor() as cursor:
         ensure_read_model(cursor)
 
 
 async def _projection_status(
-    container: Container, runner: ProjectionRunner | None, watcher: PositionWatcher | None
+    container: Container, runner: ProjectionRunner | ProjectorProcess | None, watcher: PositionWatcher | None
 ) -> dict[str, Any]:
     head = await run_in_threadpool(container.app.max_position)
     if runner is not None:
-        runner.status.head = max(runner.status.head, head)
-        return runner.status.as_dict()
+        status = runner.status
+        status.head = max(status.head, head)
+        return status.as_dict()
     position = watcher.position if watcher is not None else 0
     return {"position": position, "head": head, "lag": max(0, head - position)}
 
