@@ -33,8 +33,7 @@ class Runtime:
     # The real-time layer (api roles): the node's fan-out hub, presence, and the Redis guards.
     hub: Any = None
     presence: Any = None
-    rate_limiter: Any = None
-    dedup: Any = None
+    send_guard: Any = None  # infrastructure.redis_guards.SendGuard
     typing_gate: Any = None
 
     def attach(self, **dependencies: Any) -> None:

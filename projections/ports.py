@@ -34,3 +34,18 @@ class EventLog(Protocol):
     def log_channel(self) -> str:
         """The Postgres NOTIFY channel signalled on every append."""
         ...
+
+
+class AsyncRedis(Protocol):
+    """The few async Redis calls the hot path makes: redis-py's client and our pipelined
+    `infrastructure.redis_mux.RedisMux` both provide them."""
+
+    def register_script(self, source: str) -> Any:
+        """A callable `script(keys=[...], args=[...])` running the Lua source."""
+        ...
+
+    async def get(self, key: str) -> Any: ...
+
+    async def set(self, key: str, value: Any, *, ex: int | None = None) -> Any: ...
+
+    async def zrem(self, key: str, *members: Any) -> Any: ...

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import logging
 
-import redis.asyncio as aioredis
-
 from projections.position_watcher import PositionWatcher
+from projections.ports import AsyncRedis
 
 log = logging.getLogger(__name__)
 
 WAIT_TIMEOUT_S = 5.0  # a healthy projector lags by milliseconds; seconds mean it is down
 POSITION_TTL_S = 300  # after five minutes any live projection has long passed the position
 
-# Keep the larger position: commands from two devices may finish out of order.
-_RAISE_POSITION = """
+# Keep the larger position: commands from two devices may finish out of order. A Lua step on
+# KEYS[1] (the user's key), ARGV[1] (position) and ARGV[2] (TTL), shared with the send guard.
+RAISE_POSITION_STEP = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 else redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 1
 """
+_RAISE_POSITION = RAISE_POSITION_STEP + "return 1\n"
 
 
 def write_position_key(user_id: str) -> str:
@@ -33,7 +33,7 @@ def write_position_key(user_id: str) -> str:
 
 
 class ReadYourWrites:
-    def __init__(self, redis: aioredis.Redis, watcher: PositionWatcher) -> None:
+    def __init__(self, redis: AsyncRedis, watcher: PositionWatcher) -> None:
         self.redis = redis
         self.watcher = watcher
         self._raise = redis.register_script(_RAISE_POSITION)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 AUTH_TIMEOUT_S = 10.0  # the contract's window for a first `connect` frame
 UNAUTHORIZED_CODE = 4401
 UNAVAILABLE_CODE = 1013  # "try again later": this node cannot serve sockets right now
+TRACEBACK_EVERY_S = 5.0
 
 
 def ws_endpoint(runtime: Runtime) -> Any:
@@ -101,10 +103,26 @@ async def _handle(session: Session, text: str) -> None:
     except Exception as error:
         code = error_code(error)
         if code == "INTERNAL":
-            log.exception("ws handler failed")
+            _log_internal(error)
         if request_id is None:
             request_id = request_id_of(text)
         session.connection.send("error", {"code": _ws_code(error, code), "message": public_message(error)}, request_id)
+
+
+_last_traceback_at = 0.0
+
+
+def _log_internal(error: Exception) -> None:
+    """Every failure is logged, its traceback at most every TRACEBACK_EVERY_S: when Redis or the
+    database fails, every frame fails alike, and formatting thousands of tracebacks took a third
+    of the event loop exactly when the node was already short of it."""
+    global _last_traceback_at
+    now = time.monotonic()
+    if now - _last_traceback_at >= TRACEBACK_EVERY_S:
+        _last_traceback_at = now
+        log.exception("ws handler failed")
+    else:
+        log.error("ws handler failed: %s: %s", type(error).__name__, error)
 
 
 def _ws_code(error: Exception, code: str) -> str:

@@ -70,15 +70,16 @@ async def leave_conversation(session: Session, data: dict[str, Any]) -> dict[str
 
 async def send_message(session: Session, data: dict[str, Any]) -> dict[str, Any]:
     conversation_id = field_id(data, "conversationId")
+    cid = str(conversation_id)
     content = field_str(data, "content")
     client_message_id = optional_str(data, "clientMessageId")
-    dedup = session.runtime.dedup
-    if client_message_id and dedup is not None:
-        cached = await dedup.get(str(conversation_id), session.user, client_message_id)
-        if cached is not None:  # a quick retry: the same ack, without touching the write side
-            return orjson.loads(cached)
-    if session.runtime.rate_limiter is not None and not await session.runtime.rate_limiter.allow(session.user):
-        raise RateLimitedError("too many messages; slow down and retry in a minute")
+    guard = session.runtime.send_guard
+    if guard is not None:
+        admission = await guard.admit(cid, session.user, client_message_id)
+        if admission.cached_ack is not None:  # a quick retry: the same ack, without touching the write side
+            return orjson.loads(admission.cached_ack)
+        if not admission.allowed:
+            raise RateLimitedError("too many messages; slow down and retry in a minute")
     result = await session.runtime.service.send_message(  # type: ignore[union-attr]
         session.user,
         conversation_id,
@@ -87,13 +88,15 @@ async def send_message(session: Session, data: dict[str, Any]) -> dict[str, Any]
         optional_id(data, "parentMessageId"),
         client_message_id,
     )
-    await session.written(result.position)
-    if session.runtime.typing_gate is not None:  # sending ends typing; the next keystroke may start anew
-        await session.runtime.typing_gate.sent(str(conversation_id), session.user)
     ack = {"message": message_json(result.value)}
     session.connection.note_own_message(ack["message"]["id"])
-    if client_message_id and dedup is not None:
-        await dedup.put(str(conversation_id), session.user, client_message_id, orjson.dumps(ack).decode())
+    if guard is not None:
+        # Read-your-writes position, end of the sender's typing, the ack kept for retries.
+        await guard.record(
+            cid, session.user, position=result.position, client_message_id=client_message_id, ack=orjson.dumps(ack).decode()
+        )
+    else:
+        await session.written(result.position)
     return ack
 
 
