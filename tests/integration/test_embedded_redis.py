@@ -1,0 +1,70 @@
+"""The embedded Redis stops with the last process attached to it, whatever connections remain."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import redis
+
+from infrastructure.embedded import EmbeddedRedis
+
+GONE_TIMEOUT_S = 10.0
+
+
+def wait_gone(pid: int) -> bool:
+    deadline = time.monotonic() + GONE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def server_pid(url: str) -> int:
+    return int(redis.Redis.from_url(url).info("server")["process_id"])
+
+
+def test_the_last_process_to_stop_shuts_the_server_down_even_with_a_connection_left_open(tmp_path: Path) -> None:
+    embedded = EmbeddedRedis(tmp_path)
+    url = embedded.start()
+    pid = server_pid(url)
+    leaked = redis.Redis.from_url(url)
+    leaked.ping()  # a pool or subscriber the process forgot to close
+
+    embedded.stop()
+
+    assert wait_gone(pid), "the embedded redis-server outlived the last process attached to it"
+
+
+def test_a_server_another_live_process_is_attached_to_keeps_running(tmp_path: Path) -> None:
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from infrastructure.embedded import EmbeddedRedis; "
+            "r = EmbeddedRedis(__import__('pathlib').Path(sys.argv[1])); print(r.start(), flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        url = other.stdout.readline().strip()  # type: ignore[union-attr]
+        pid = server_pid(url)
+        embedded = EmbeddedRedis(tmp_path)
+        assert embedded.start() == url
+        embedded.stop()
+        assert redis.Redis.from_url(url).ping()  # still serving the other process
+    finally:
+        other.kill()
+        other.wait()
+    # The other process died without detaching; the next to attach and stop cleans up.
+    embedded = EmbeddedRedis(tmp_path)
+    embedded.start()
+    embedded.stop()
+    assert wait_gone(pid)
