@@ -8,7 +8,7 @@
 
 Exit codes: 0 the run passed; 1 a correctness check failed (lost, duplicated or out-of-order
 messages, errors, unacked sends, dropped sockets), --max found no passing rate, or the run could
-not be set up; 2 bad usage or a scenario that is not implemented yet.
+not be set up; 2 bad usage.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 import math
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -31,22 +32,22 @@ from urllib.parse import urlsplit
 
 from infrastructure.jwt_tokens import JwtCodec
 from scripts.bench.metering import Meter
-from scripts.bench.plan import Plan, plan_chat, plan_connections, plan_group
+from scripts.bench.plan import Plan, plan_chat, plan_connections, plan_group, plan_typing
 from scripts.bench.pool import WorkerError, WorkerPool
 from scripts.bench.progress import connect_ticker
 from scripts.bench.provision import SetupError, start_conversations, wait_for_projection
+from scripts.bench.replay_scenario import DEFAULT_CONVERSATIONS, DEFAULT_EVENTS, replay_result
 from scripts.bench.report import print_steps, print_table, write_json
-from scripts.bench.scenarios import Traffic, connections_result, is_lossless, search_max
+from scripts.bench.scenarios import Traffic, connections_result, is_lossless, search_max, typing_result
 from scripts.bench.servers import LocalServers
 
-IMPLEMENTED = ("chat", "group", "connections")
-NOT_IMPLEMENTED = ("typing", "replay")
+SCENARIOS = ("chat", "group", "connections", "typing", "replay")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # the bench loads only this machine
 USAGE_ERROR = 2
 FAILED = 1
 INTERRUPTED = 130  # the shell's convention for SIGINT
-DEFAULT_USERS = {"chat": 1000, "connections": 1000}
-DEFAULT_RATE = {"chat": 500.0, "group": 25.0}  # group: 25 messages/s to 100 members is ~2,500 deliveries/s
+DEFAULT_USERS = {"chat": 1000, "connections": 1000, "typing": 1000}
+DEFAULT_RATE = {"chat": 500.0, "group": 25.0, "typing": 500.0}  # group: 25 messages/s to 100 members is ~2,500 deliveries/s
 DEFAULT_WORKERS = 2  # one per core of the reference machine; the servers share those cores
 MAX_SOCKETS_PER_WORKER = 15_000  # `ulimit -n` is 20,000 per process: stay well below it
 TOKEN_TTL_S = 6 * 3600  # outlives the longest --max search
@@ -81,13 +82,16 @@ class Options:
     workers: int | None
     warmup: bool
     json_path: Path | None
+    typists: int = 1000
+    typing_every: float = 3.0
+    events: int = DEFAULT_EVENTS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loopify bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--scenario", choices=(*IMPLEMENTED, *NOT_IMPLEMENTED), default="chat")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="chat")
     parser.add_argument(
         "--url", action="append", default=[], help="an existing server (repeat for several api nodes); default: start one"
     )
@@ -112,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-warmup", dest="warmup", action="store_false", help="skip the unmeasured warm-up (every sender once)"
     )
+    parser.add_argument("--typists", type=int, default=1000, help="typing: users who only type, in pairs (1000)")
+    parser.add_argument("--typing-every", type=float, default=3.0, help="typing: seconds between refreshes (3)")
+    parser.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="replay: events to seed (1,000,000)")
     parser.add_argument("--json", dest="json_path", type=Path, help="write the result as JSON to this file")
     return parser
 
@@ -119,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_options(argv: Sequence[str]) -> Options:
     parser = build_parser()
     args = parser.parse_args(list(argv))
-    for name in ("nodes", "duration", "max_rate", "rate_step"):
+    for name in ("nodes", "duration", "max_rate", "rate_step", "typing_every", "events"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.rate is not None and args.rate <= 0:
@@ -127,6 +134,8 @@ def parse_options(argv: Sequence[str]) -> Options:
     for url in args.url:
         if urlsplit(url).hostname not in LOOPBACK_HOSTS:
             parser.error(f"--url {url}: the bench only loads this machine (use 127.0.0.1 or localhost)")
+    if args.scenario == "replay" and args.url:
+        parser.error("--scenario replay seeds and rebuilds a log of its own; it takes no --url")
     if args.url and args.nodes != 1:
         parser.error("--nodes starts servers; with --url, pass one --url per running api node instead")
     return Options(
@@ -146,6 +155,9 @@ def parse_options(argv: Sequence[str]) -> Options:
         workers=args.workers,
         warmup=args.warmup,
         json_path=args.json_path,
+        typists=args.typists,
+        typing_every=args.typing_every,
+        events=args.events,
     )
 
 
@@ -159,6 +171,9 @@ def make_plan(options: Options, nodes: int) -> Plan:
     workers = options.workers or max(min(DEFAULT_WORKERS, users), math.ceil(users / MAX_SOCKETS_PER_WORKER))
     if options.scenario == "chat":
         return plan_chat(run_id, users, options.conversations, workers, nodes)
+    if options.scenario == "typing":
+        workers = options.workers or max(workers, math.ceil((users + options.typists) / MAX_SOCKETS_PER_WORKER))
+        return plan_typing(run_id, users, options.conversations, options.typists, workers, nodes)
     if options.scenario == "group":
         return plan_group(run_id, users, options.conversations or 1, options.group_size, workers, nodes)
     return plan_connections(run_id, users, workers, nodes)
@@ -169,9 +184,13 @@ def run(argv: Sequence[str], *, jwt_secret: str | None, jwt_algorithm: str) -> i
     options = parse_options(argv)
     for noisy in QUIET_LOGGERS:  # one line per /health poll or pg_ctl call would drown the progress line
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if options.scenario in NOT_IMPLEMENTED:
-        print(f"loopify bench: error: the {options.scenario} scenario is not implemented yet", file=sys.stderr)
-        return USAGE_ERROR
+    if options.scenario == "replay":
+        try:
+            replayed = replay_result(options.events, options.conversations or DEFAULT_CONVERSATIONS, sys.stderr)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            print(f"loopify bench: failed: {error}", file=sys.stderr)
+            return FAILED
+        return _finish(options, replayed)
     secret = (options.jwt_secret or jwt_secret) if options.urls else secrets.token_urlsafe(32)
     if not secret:
         print("loopify bench: error: with --url, pass --jwt-secret or set JWT_SECRET (the server's secret)", file=sys.stderr)
@@ -190,6 +209,10 @@ def run(argv: Sequence[str], *, jwt_secret: str | None, jwt_algorithm: str) -> i
     except KeyboardInterrupt:  # everything started has been stopped on the way out
         print("loopify bench: interrupted", file=sys.stderr)
         return INTERRUPTED
+    return _finish(options, result)
+
+
+def _finish(options: Options, result: dict[str, Any]) -> int:
     print_table(result, sys.stdout)
     if options.json_path is not None:
         write_json(result, options.json_path)
@@ -276,9 +299,28 @@ def _run_in(
     if warm_up is not None and not is_lossless(warm_up):
         print("loopify bench: the warm-up lost, duplicated or reordered messages", file=sys.stderr)
         return {**warm_up, "passed": False}
+    if options.scenario == "typing":
+        return _typing(options, traffic, pool, first_rate, plan)
     if not options.max:
         return traffic.step(1, first_rate)
     return _max_result(search_max(traffic, first_rate, options.rate_step, options.max_rate))
+
+
+def _typing(options: Options, traffic: Traffic, pool: WorkerPool, first_rate: float, plan: Plan) -> dict[str, Any]:
+    def run_chat() -> list[dict[str, Any]]:
+        if not options.max:
+            return [traffic.step(1, first_rate)]
+        steps = search_max(traffic, first_rate, options.rate_step, options.max_rate)
+        print_steps(steps, sys.stdout)
+        return steps
+
+    def set_typing(every: float) -> None:
+        pool.request([{"op": "typing", "every": every}] * plan.workers, CONNECT_TIMEOUT_S)
+
+    typists = sum(len(plan.typing_slots(worker)) for worker in range(plan.workers))
+    return typing_result(
+        run_chat, set_typing, lambda: pool.totals()["typing"], options.typing_every, typists, searched=options.max
+    )
 
 
 def _max_result(steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -312,5 +354,6 @@ def _connect_commands(plan: Plan, api_urls: list[str], conversation_ids: dict[in
             for user in plan.users_of(worker)
         ]
         slots = [(conversation_ids[key], plan.user_id(user)) for key, user in plan.sender_slots(worker)]
-        commands.append({"op": "connect", "devices": devices, "slots": slots})
+        typists = [(conversation_ids[key], plan.user_id(user)) for key, user in plan.typing_slots(worker)]
+        commands.append({"op": "connect", "devices": devices, "slots": slots, "typists": typists})
     return commands

@@ -6,6 +6,7 @@ The parent (pool.py) drives it over a pipe, one command at a time, and gets one 
   verify     given every message acked in the step, wait until each device has the ones it
              should get (or the drain timeout), then count lost / duplicates / out of order
   heartbeat  one `heartbeat` round trip per socket (idle connections are alive)
+  typing     start (or stop) the typists: join their conversation, then `typing` every N s
   close      close every socket and exit
 Running counters go to a shared array for the parent's progress line.
 
@@ -43,7 +44,7 @@ from scripts.bench.ledger import (
     verdict,
 )
 
-COUNTER_NAMES = ("connected", "sent", "acked", "errors", "delivered")
+COUNTER_NAMES = ("connected", "sent", "acked", "errors", "delivered", "typing")
 CONNECT_CONCURRENCY = 50  # handshakes in flight per worker: each one costs the server a query and SUBSCRIBEs
 OPEN_TIMEOUT_S = 30.0  # a 2-core box opening thousands of sockets answers slowly, but does answer
 CLOSE_TIMEOUT_S = 5.0  # the closing handshake of every socket together; a dead peer is not waited for
@@ -72,6 +73,8 @@ class Worker:
         self.counters = counters
         self.devices: list[Device] = []
         self.slots: list[tuple[str, Device]] = []  # (conversation id, sending device), round robin
+        self.typists: list[tuple[str, Device]] = []  # (conversation id, typing device)
+        self.typing_tasks: list[asyncio.Task[None]] = []
         self.pending: dict[int, tuple[int, str, str, int]] = {}  # request id -> step, conversation, sender, due
         self.heartbeats: dict[int, asyncio.Future[int]] = {}
         self.step = Step(-1)
@@ -90,6 +93,7 @@ class Worker:
             "run": self._run,
             "verify": self._verify,
             "heartbeat": self._heartbeat,
+            "typing": self._typing,
             "close": self._close,
         }
         try:
@@ -141,6 +145,7 @@ class Worker:
 
         await asyncio.gather(*(open_one(*spec) for spec in command["devices"]))
         self.slots = [(cid, by_user[user]) for cid, user in command["slots"] if user in by_user]
+        self.typists = [(cid, by_user[user]) for cid, user in command.get("typists", ()) if user in by_user]
         return {
             "connected": len(self.devices),
             "failures": dict(failures),
@@ -149,6 +154,7 @@ class Worker:
 
     async def _close(self, command: dict[str, Any]) -> dict[str, Any]:
         self.closing = True
+        await self._typing({"every": 0})
         devices, self.devices = self.devices, []
         if devices:
             await asyncio.wait([asyncio.ensure_future(device.ws.close()) for device in devices], timeout=CLOSE_TIMEOUT_S)
@@ -287,6 +293,37 @@ class Worker:
             missing = still_missing(missing)
         wanted = len(due)
         return {**verdict(self.step, expected, wanted, len(missing)), "disconnects": dict(self.disconnects)}
+
+    # ---- typing: typists refresh `typing` like a real client while someone types --------------
+
+    async def _typing(self, command: dict[str, Any]) -> dict[str, Any]:
+        """every > 0: start every typist (each joins, then refreshes every `every` s, phases
+        spread over the period); every == 0: stop them. Typing frames carry no id: an `error`
+        frame for one is counted as an unsolicited error and fails the step."""
+        for task in self.typing_tasks:
+            task.cancel()
+        self.typing_tasks = []
+        every = float(command["every"])
+        if every > 0:
+            spread = every / max(1, len(self.typists))
+            self.typing_tasks = [
+                asyncio.create_task(self._type(cid, device, every, i * spread)) for i, (cid, device) in enumerate(self.typists)
+            ]
+        return {"typists": len(self.typing_tasks)}
+
+    async def _type(self, cid: str, device: Device, every: float, phase: float) -> None:
+        join = orjson.dumps({"event": "join_conversation", "data": {"conversationId": cid}}).decode()
+        frame = orjson.dumps({"event": "typing", "data": {"conversationId": cid, "isTyping": True}}).decode()
+        try:
+            await device.ws.send(join)
+            await asyncio.sleep(phase)
+            while True:  # runs until the `typing` stop command (or close) cancels it
+                began = time.monotonic()
+                await device.ws.send(frame)
+                self.totals["typing"] += 1
+                await asyncio.sleep(max(0.0, every - (time.monotonic() - began)))
+        except ConnectionClosed:
+            return
 
     # ---- heartbeat: every idle socket still answers ---------------------------------------------
 

@@ -19,6 +19,7 @@ class ConversationPlan:
     key: int
     kind: str  # DIRECT or GROUP
     members: tuple[int, ...]  # user indexes; the first one starts the conversation
+    typing_only: bool = False  # typing scenario: its members only type here, nobody sends
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,24 @@ class Plan:
         slots = [
             (position, conversation.key, member)
             for conversation in self.conversations
+            if not conversation.typing_only
             for position, member in enumerate(conversation.members)
             if self.worker_of(member) == worker
         ]
         return [(key, member) for _, key, member in sorted(slots)]
 
+    def typing_slots(self, worker: int) -> list[tuple[int, int]]:
+        """(conversation key, typing user) pairs of this worker's typists (typing scenario)."""
+        return [
+            (conversation.key, member)
+            for conversation in self.conversations
+            if conversation.typing_only
+            for member in conversation.members
+            if self.worker_of(member) == worker
+        ]
+
     def total_slots(self) -> int:
-        return sum(len(conversation.members) for conversation in self.conversations)
+        return sum(len(conversation.members) for conversation in self.conversations if not conversation.typing_only)
 
 
 def chat_pairs(users: int) -> Iterator[tuple[int, int]]:
@@ -105,3 +117,16 @@ def plan_connections(run_id: str, users: int, workers: int, nodes: int) -> Plan:
     if users < 1:
         raise ValueError("open at least 1 connection")
     return Plan(run_id, users, (), workers, nodes)
+
+
+def plan_typing(run_id: str, users: int, conversations: int | None, typists: int, workers: int, nodes: int) -> Plan:
+    """The chat plan, plus `typists` more users in 1:1 pairs who only ever type: each pair's
+    members type to each other, so every refresh has an online peer who joined."""
+    if typists < 2 or typists % 2:
+        raise ValueError("--typists must be an even number of at least 2 (they type in pairs)")
+    chat = plan_chat(run_id, users, conversations, workers, nodes)
+    first = len(chat.conversations)
+    pairs = tuple(
+        ConversationPlan(first + k, DIRECT, (users + 2 * k, users + 2 * k + 1), typing_only=True) for k in range(typists // 2)
+    )
+    return Plan(run_id, users + typists, chat.conversations + pairs, workers, nodes)

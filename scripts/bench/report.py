@@ -77,9 +77,27 @@ def print_table(result: dict[str, Any], out: TextIO) -> None:
     ):
         if key in result:
             rows.append((label, _latency(result[key])))
-    for key, label in (("connected", "connected"), ("alive", "alive"), ("kb_per_connection", "KB per connection")):
+    for key, label in (
+        ("connected", "connected"),
+        ("alive", "alive"),
+        ("kb_per_connection", "KB per connection"),
+        ("typists", "typists"),
+        ("typing_frames_per_s", "typing frames /s"),
+        ("events", "events replayed"),
+        ("replay_s", "replay s"),
+        ("events_per_s", "replay events/s"),
+        ("postgres_events_per_s", "postgres build events/s"),
+    ):
         if key in result:
             rows.append((label, _number(result[key])))
+    if "without_typing" in result:
+        before = result["without_typing"]
+        rows += [
+            ("without typing: throughput", f"{_number(before['throughput_msgs_per_s'])} msg/s"),
+            ("without typing: send->receive", _latency(before["e2e_latency_ms"])),
+            ("without typing: server cpu s", _number(before["server_cpu_s"])),
+            ("typing cost", f"{_number(result['typing_cost_pct'])} % ({result['typing_cost_basis']})"),
+        ]
     rows += [
         ("server cpu s / rss MB", f"{_number(result['server_cpu_s'])} / {_number(result['server_rss_mb'])}"),
         ("postgres+redis cpu s / rss MB", f"{_number(result.get('infra_cpu_s'))} / {_number(result.get('infra_rss_mb'))}"),

@@ -212,6 +212,78 @@ def _merge_receipts(parts: Any) -> dict[str, tuple[int, int]]:
     return merged
 
 
+# ---- typing: what typing traffic costs chat ------------------------------------------------------
+
+
+def typing_result(
+    run_chat: Callable[[], list[dict[str, Any]]],
+    set_typing: Callable[[float], None],
+    typing_frames: Callable[[], int],
+    every_s: float,
+    typists: int,
+    *,
+    searched: bool,
+) -> dict[str, Any]:
+    """The same chat load (one step, or the --max search) twice on the same sockets: first with
+    the typists connected and silent, then with every typist refreshing `typing` every
+    `every_s`. The cost of typing is the chat throughput it takes away (--max: highest passing
+    rates) or, at one fixed rate, the server CPU it adds per chat message."""
+    set_typing(0)
+    baseline = run_chat()
+    set_typing(every_s)
+    time.sleep(every_s + TYPING_SETTLE_S)  # every typist has started (and been gated) once
+    frames_before, began = typing_frames(), time.monotonic()
+    with_typing = run_chat()
+    frames_per_s = (typing_frames() - frames_before) / max(1e-9, time.monotonic() - began)
+    set_typing(0)
+    before, after = _typing_pick(baseline), _typing_pick(with_typing)
+    result = dict(after)
+    cost, basis = _typing_cost(before, after, searched=searched)
+    result.update(
+        typists=typists,
+        typing_every_s=every_s,
+        typing_frames_per_s=round(frames_per_s, 1),
+        typing_cost_pct=cost,
+        typing_cost_basis=basis,
+        without_typing={key: before.get(key) for key in TYPING_COMPARED},
+        passed=bool(before.get("passed")) and bool(after.get("passed")),
+    )
+    return result
+
+
+TYPING_SETTLE_S = 1.0
+TYPING_COMPARED = (
+    "offered_rate",
+    "throughput_msgs_per_s",
+    "ack_latency_ms",
+    "e2e_latency_ms",
+    "projection_lag_ms",
+    "server_cpu_s",
+    "errors",
+    "lost",
+    "passed",
+)
+
+
+def _typing_pick(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One step: itself; a --max search: its highest passing step (else the last)."""
+    passing = [step for step in steps if step["within_target"]]
+    best = dict(max(passing, key=lambda step: step["offered_rate"]) if passing else steps[-1])
+    best["passed"] = bool(passing) and all(is_lossless(step) for step in steps) if len(steps) > 1 else best["passed"]
+    return best
+
+
+def _typing_cost(before: dict[str, Any], after: dict[str, Any], *, searched: bool) -> tuple[float | None, str]:
+    if searched:
+        if not before.get("within_target") or not after.get("within_target"):
+            return None, "max_rate"
+        return round(100 * (1 - after["offered_rate"] / before["offered_rate"]), 1), "max_rate"
+    cpu_before, cpu_after = before.get("server_cpu_s"), after.get("server_cpu_s")
+    if not cpu_before or cpu_after is None:
+        return None, "server_cpu (unknown with --url)"
+    return round(100 * (cpu_after - cpu_before) / cpu_before, 1), "server_cpu"
+
+
 # ---- connections ---------------------------------------------------------------------------------
 
 

@@ -79,9 +79,27 @@ class TestBenchSmoke:
         assert report["acked"] == report["sent"] == report["delivered"] == 40
         assert report["server_cpu_s"] is None  # not a process the bench started
 
-    def test_a_scenario_not_built_yet_says_so_instead_of_printing_numbers(self, tmp_path: Path) -> None:
-        result = loopify(["bench", "--scenario", "typing"], project_env(tmp_path / "cli"), timeout=BENCH_TIMEOUT_S)
+    def test_a_typing_run_compares_chat_with_and_without_typists_and_loses_nothing(self, tmp_path: Path) -> None:
+        report = run_bench(
+            tmp_path,
+            "--scenario", "typing", "--duration", "2", "--rate", "20", "--users", "10",
+            "--typists", "10", "--typing-every", "1",
+        )  # fmt: skip
 
-        assert result.returncode == 2
-        assert "not implemented yet" in result.stderr
-        assert result.stdout == ""
+        assert_contract(report)
+        assert report["scenario"] == "typing"
+        assert (report["lost"], report["duplicates"], report["out_of_order"], report["errors"]) == (0, 0, 0, 0)
+        assert report["acked"] == report["sent"] == report["delivered"] == 40
+        assert report["typists"] == 10
+        assert report["typing_frames_per_s"] > 0  # the typists really typed during the second run
+        assert report["without_typing"]["throughput_msgs_per_s"] > 0
+        assert report["typing_cost_basis"] == "server_cpu" and report["typing_cost_pct"] is not None
+
+    def test_a_replay_run_seeds_a_log_and_rebuilds_every_read_model_from_it(self, tmp_path: Path) -> None:
+        report = run_bench(tmp_path, "--scenario", "replay", "--events", "3000", "--conversations", "20")
+
+        assert_contract(report)
+        assert report["scenario"] == "replay"
+        assert report["events"] >= 3000  # the seeded events plus each conversation's start
+        assert report["events_per_s"] > 0 and report["postgres_events_per_s"] > 0
+        assert report["passed"]
