@@ -8,6 +8,7 @@ Exactly-once comes from the tracking row, locked and advanced in the same transa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -161,100 +162,115 @@ MESSAGE_COLUMNS = (
 
 def apply(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, expected_position: int) -> None:
     """Write the folded changes and advance tracking, inside the caller's transaction."""
-    s = sql.Identifier(schema)
-    cursor.execute(sql.SQL("SELECT position FROM {s}.tracking WHERE name = 'postgres' FOR UPDATE").format(s=s))
+    cursor.execute(_statement("SELECT position FROM {s}.tracking WHERE name = 'postgres' FOR UPDATE", schema))
     row = cursor.fetchone()
     current = row[0] if row else 0
     if current != expected_position:
         raise TrackingConflictError(f"tracking is at {current}, expected {expected_position}")
 
     if changes.conversations:
-        _copy(cursor, s, "conversations", CONVERSATION_COLUMNS, changes.conversations.values())
+        _copy(cursor, schema, "conversations", CONVERSATION_COLUMNS, changes.conversations.values())
     joined = [row for row in changes.participants.values() if row[5]]
     if joined:  # (re)joined in this batch: joined_at is this batch's latest join
         cursor.execute(
-            sql.SQL(
+            _statement(
                 "INSERT INTO {s}.conversation_participants (conversation_id, user_id, is_active, joined_at, left_at)"
                 " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bool[], %s::timestamptz[], %s::timestamptz[])"
                 " ON CONFLICT (conversation_id, user_id) DO UPDATE SET is_active = EXCLUDED.is_active,"
-                " joined_at = EXCLUDED.joined_at, left_at = EXCLUDED.left_at"
-            ).format(s=s),
+                " joined_at = EXCLUDED.joined_at, left_at = EXCLUDED.left_at",
+                schema,
+            ),
             _columns(joined, 5),
         )
     left = [[row[0], row[1], row[4]] for row in changes.participants.values() if not row[5]]
     if left:  # left without rejoining in this batch: keep the joined_at on record
         cursor.execute(
-            sql.SQL(
+            _statement(
                 "UPDATE {s}.conversation_participants p SET is_active = false, left_at = v.left_at"
                 " FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS v(cid, uid, left_at)"
-                " WHERE p.conversation_id = v.cid AND p.user_id = v.uid"
-            ).format(s=s),
+                " WHERE p.conversation_id = v.cid AND p.user_id = v.uid",
+                schema,
+            ),
             _columns(left, 3),
         )
     if changes.messages:
-        _copy(cursor, s, "messages", MESSAGE_COLUMNS, changes.messages.values())
+        _copy(cursor, schema, "messages", MESSAGE_COLUMNS, changes.messages.values())
     if changes.message_updates:
         updates = [[message_id, *values] for message_id, values in changes.message_updates.items()]
         cursor.execute(
-            sql.SQL(
+            _statement(
                 "UPDATE {s}.messages m SET content = v.content, edited_at = coalesce(v.edited_at, m.edited_at),"
                 " deleted_at = coalesce(v.deleted_at, m.deleted_at)"
                 " FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[])"
-                " AS v(id, content, edited_at, deleted_at) WHERE m.id = v.id"
-            ).format(s=s),
+                " AS v(id, content, edited_at, deleted_at) WHERE m.id = v.id",
+                schema,
+            ),
             _columns(updates, 4),
         )
     if changes.tips:
         tips = [[cid, seq, mid, at] for cid, (seq, mid, at) in changes.tips.items()]
         cursor.execute(
-            sql.SQL(
+            _statement(
                 "UPDATE {s}.conversations c SET last_seq = v.seq, last_message_id = v.mid, last_message_at = v.at,"
                 " activity_at = v.at FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::timestamptz[])"
-                " AS v(cid, seq, mid, at) WHERE c.id = v.cid"
-            ).format(s=s),
+                " AS v(cid, seq, mid, at) WHERE c.id = v.cid",
+                schema,
+            ),
             _columns(tips, 4),
         )
     if changes.touched:
         cursor.execute(
-            sql.SQL(
+            _statement(
                 "UPDATE {s}.conversations c SET updated_at = greatest(c.updated_at, v.at)"
-                " FROM unnest(%s::uuid[], %s::timestamptz[]) AS v(cid, at) WHERE c.id = v.cid"
-            ).format(s=s),
+                " FROM unnest(%s::uuid[], %s::timestamptz[]) AS v(cid, at) WHERE c.id = v.cid",
+                schema,
+            ),
             _columns([[cid, at] for cid, at in changes.touched.items()], 2),
         )
     for column, marks in (("read", changes.read_marks), ("delivered", changes.delivered_marks)):
         if marks:
             cursor.execute(
-                sql.SQL(
+                _statement(
                     "UPDATE {s}.conversation_participants p SET {up_to} = v.seq, {at} = v.at"
                     " FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::timestamptz[]) AS v(cid, uid, seq, at)"
-                    " WHERE p.conversation_id = v.cid AND p.user_id = v.uid AND p.{up_to} < v.seq"
-                ).format(
-                    s=s,
-                    up_to=sql.Identifier(f"{column}_up_to"),
-                    at=sql.Identifier(f"last_{column}_at"),
+                    " WHERE p.conversation_id = v.cid AND p.user_id = v.uid AND p.{up_to} < v.seq",
+                    schema,
+                    up_to=f"{column}_up_to",
+                    at=f"last_{column}_at",
                 ),
                 _columns([[cid, user, seq, at] for (cid, user), (seq, at, _) in marks.items()], 4),
             )
-    cursor.execute(
-        sql.SQL("UPDATE {s}.tracking SET position = %s WHERE name = 'postgres'").format(s=s), (changes.position,)
-    )
+    cursor.execute(_statement("UPDATE {s}.tracking SET position = %s WHERE name = 'postgres'", schema), (changes.position,))
 
 
 def copy_messages(cursor: Cursor[Any], schema: str, changes: ReadModelChanges) -> None:
     """Write the folded new messages now and forget them (a rebuild streams them)."""
     if changes.messages:
-        _copy(cursor, sql.Identifier(schema), "messages", MESSAGE_COLUMNS, changes.messages.values())
+        _copy(cursor, schema, "messages", MESSAGE_COLUMNS, changes.messages.values())
         changes.messages.clear()
 
 
-def _copy(cursor: Cursor[Any], schema: sql.Identifier, table: str, columns: tuple[str, ...], rows: Iterable[list[Any]]) -> None:
-    statement = sql.SQL("COPY {s}.{t} ({c}) FROM STDIN").format(
-        s=schema, t=sql.Identifier(table), c=sql.SQL(", ").join(map(sql.Identifier, columns))
-    )
-    with cursor.copy(statement) as copy:
+def _copy(cursor: Cursor[Any], schema: str, table: str, columns: tuple[str, ...], rows: Iterable[list[Any]]) -> None:
+    with cursor.copy(_copy_statement(schema, table, columns)) as copy:
         for row in rows:
             copy.write_row(row)
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(template: str, schema: str, **identifiers: str) -> bytes:
+    """A statement on a generation schema, composed once: psycopg's composition and quoting
+    were a sixth of the projector's time when done for every batch."""
+    parts = {name: sql.Identifier(value) for name, value in identifiers.items()}
+    return sql.SQL(template).format(s=sql.Identifier(schema), **parts).as_bytes(None)
+
+
+@functools.lru_cache(maxsize=64)
+def _copy_statement(schema: str, table: str, columns: tuple[str, ...]) -> bytes:
+    return (
+        sql.SQL("COPY {s}.{t} ({c}) FROM STDIN")
+        .format(s=sql.Identifier(schema), t=sql.Identifier(table), c=sql.SQL(", ").join(map(sql.Identifier, columns)))
+        .as_bytes(None)
+    )
 
 
 def _columns(rows: list[list[Any]], width: int) -> list[list[Any]]:

@@ -35,6 +35,7 @@ BATCH_SIZE = 1000  # events per transaction: amortises the commit, keeps one bat
 IDLE_WAIT_S = 1.0  # the LISTEN wait when caught up; it only bounds how fast stop() is noticed
 STANDBY_POLL_S = 2.0  # a standby retries the leader lock this often: takeover within ~2 s
 RETRY_DELAY_S = 1.0  # after a database or Redis error, pause before reconnecting
+ASYNC_COMMIT = "-c synchronous_commit=off"
 REDIS_CATCH_UP_LIMIT = 50_000  # beyond this gap, rebuilding Redis from Postgres is cheaper
 # Live frames older than this are not worth republishing after a relay outage: connected nodes
 # catch up from the read model when their Redis link comes back, and clients `sync`.
@@ -115,7 +116,13 @@ class ProjectionRunner:
                 self._stopping.wait(RETRY_DELAY_S)
 
     def _serve(self) -> None:
-        with psycopg.connect(self.database_url, autocommit=True) as control, psycopg.connect(self.database_url) as work:
+        # The read model is derived data whose tracking row commits with it: after a Postgres
+        # crash the last batches are lost together with their position and simply projected
+        # again. So its commits need not wait for the WAL flush (the event store's always do).
+        with (
+            psycopg.connect(self.database_url, autocommit=True) as control,
+            psycopg.connect(self.database_url, options=ASYNC_COMMIT) as work,
+        ):
             with work.transaction(), work.cursor() as cursor:
                 ensure_read_model(cursor)
             if not self._become_leader(control):

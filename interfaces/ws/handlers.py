@@ -118,7 +118,10 @@ async def typing(session: Session, data: dict[str, Any]) -> dict[str, Any]:
     conversation_id = field_id(data, "conversationId")
     is_typing = field_bool(data, "isTyping")
     cid = str(conversation_id)
-    if cid not in session.connection.seen_seq:  # not known to this device yet: ask the read model
+    known = session.connection.seen_seq
+    if cid not in known and cid not in session.connection.joined:  # new to this device: ask the read model
+        # A refresh every 3 s would otherwise cost a Postgres query each; after a leave the hub
+        # drops the conversation from both sets, and the write side checks membership anyway.
         await session.caught_up()
         await session.runtime.read_model.get_conversation(session.user, conversation_id)  # 404 / 403
     gate = session.runtime.typing_gate
