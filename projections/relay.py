@@ -17,7 +17,7 @@ published, and a restarted runner republishes the gap (clients dedupe by id and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from uuid import UUID
 
@@ -29,6 +29,22 @@ from domain.conversation import Conversation
 
 RELAY_POSITION_KEY = "projection:relay:position"
 TYPING_KEY = "conversation:typing:{}"  # the seed's set of users typing in a conversation
+
+# A batch's typing changes in event order, in one round trip (one per message cost the relay a
+# Redis round trip per MessageSent). ARGV holds (op, key, user) triples: `add`/`rem` for
+# TypingChanged, `sent` for a message (it stops the sender's typing). Per triple the reply is
+# the set's members afterwards, or nil for a `sent` that stopped nothing. Keys are built by the
+# caller, not declared: a single Redis, as everywhere in this project.
+_TYPING_CHANGES = """
+local out = {}
+for i = 1, #ARGV, 3 do
+  local op, key, user = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local changed = 1
+  if op == 'add' then redis.call('SADD', key, user) else changed = redis.call('SREM', key, user) end
+  if op == 'sent' and changed == 0 then out[#out + 1] = false else out[#out + 1] = redis.call('SMEMBERS', key) end
+end
+return out
+"""
 
 
 def conversation_channel(conversation_id: Any) -> str:
@@ -54,6 +70,7 @@ def _uuid(value: Any) -> str | None:
 class Relay:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+        self._typing_changes = client.register_script(_TYPING_CHANGES)
 
     def position(self) -> int:
         raw = self.client.get(RELAY_POSITION_KEY)
@@ -62,10 +79,11 @@ class Relay:
     def publish(self, cursor: Cursor[Any], events: list[tuple[int, Any]], unread_totals: dict[str, int]) -> int:
         """Publish a committed batch; returns how many envelopes went out."""
         changed_messages = self._changed_messages(cursor, events)
+        typing_lists = iter(self._apply_typing(events))
         pipe = self.client.pipeline(transaction=False)
         count = 0
         for position, event in events:
-            for channel, envelope in self._envelopes(pipe, position, event, changed_messages):
+            for channel, envelope in self._envelopes(position, event, changed_messages, typing_lists):
                 pipe.publish(channel, envelope)
                 count += 1
         for user, total in unread_totals.items():
@@ -78,8 +96,18 @@ class Relay:
 
     # ---- envelopes per event --------------------------------------------------------------
 
+    def _apply_typing(self, events: list[tuple[int, Any]]) -> list[list[bytes] | None]:
+        """Record the batch's typing changes; per change, who types afterwards (see the script)."""
+        args: list[str] = []
+        for _, e in events:
+            if isinstance(e, Conversation.MessageSent):
+                args += ("sent", TYPING_KEY.format(e.originator_id), e.actor_id)
+            elif isinstance(e, Conversation.TypingChanged):
+                args += ("add" if e.is_typing else "rem", TYPING_KEY.format(e.originator_id), e.actor_id)
+        return list(self._typing_changes(args=args)) if args else []
+
     def _envelopes(
-        self, pipe: Any, position: int, e: Any, changed: dict[UUID, dict[str, Any]]
+        self, position: int, e: Any, changed: dict[UUID, dict[str, Any]], typing_lists: Iterator[list[bytes] | None]
     ) -> Iterable[tuple[str, str]]:
         cid = str(e.originator_id)
         if isinstance(e, Conversation.MessageSent):
@@ -92,10 +120,9 @@ class Relay:
             body = frame("message_received", {"message": message, "conversationId": cid})
             yield conversation_channel(cid), _envelope("message", cid, body, seq=e.seq, messageId=str(e.message_id))
             # Sending stops the sender's typing (the aggregate records no separate event for it).
-            key = TYPING_KEY.format(cid)
-            if self.client.srem(key, e.actor_id):
-                typing_users = sorted(member.decode() for member in self.client.smembers(key))
-                body = frame("typing_update", {"conversationId": cid, "typingUsers": typing_users})
+            typing = next(typing_lists)
+            if typing is not None:
+                body = frame("typing_update", {"conversationId": cid, "typingUsers": sorted(m.decode() for m in typing)})
                 yield conversation_channel(cid), _envelope("typing", cid, body)
         elif isinstance(e, (Conversation.MessageEdited, Conversation.MessageDeleted)):
             name = "message_updated" if isinstance(e, Conversation.MessageEdited) else "message_deleted"
@@ -115,10 +142,8 @@ class Relay:
             )
             yield conversation_channel(cid), _envelope("receipt", cid, body)
         elif isinstance(e, Conversation.TypingChanged):
-            key = TYPING_KEY.format(cid)
-            (self.client.sadd if e.is_typing else self.client.srem)(key, e.actor_id)
-            typing_users = sorted(member.decode() for member in self.client.smembers(key))
-            body = frame("typing_update", {"conversationId": cid, "typingUsers": typing_users})
+            typing = next(typing_lists) or []
+            body = frame("typing_update", {"conversationId": cid, "typingUsers": sorted(m.decode() for m in typing)})
             yield conversation_channel(cid), _envelope("typing", cid, body)
         elif isinstance(e, Conversation.ConversationStarted):
             for user in e.participant_ids:

@@ -1,0 +1,52 @@
+"""The live relay on a real Redis: a batch becomes client frames on the right channels."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+import redis
+
+from domain.conversation import Conversation
+from domain.values import ConversationType
+from projections.relay import TYPING_KEY, Relay, conversation_channel
+
+RECEIVE_TIMEOUT_S = 2.0
+
+
+def published_frames(redis_url: str, channel: str, events: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(redis_url)
+    subscriber = client.pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(channel)
+    subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)  # the subscribe confirmation
+    try:
+        count = Relay(client).publish(cursor=None, events=events, unread_totals={})  # type: ignore[arg-type]
+        frames = []
+        while len(frames) < count:
+            message = subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)
+            if message is None:
+                break
+            frames.append(orjson.loads(orjson.loads(message["data"])["frame"]))
+        return frames
+    finally:
+        subscriber.close()
+
+
+def test_a_batch_of_typing_changes_and_a_message_gives_each_typing_list_in_event_order(redis_url: str) -> None:
+    conversation = Conversation.start(uuid.uuid4(), "alice", ConversationType.GROUP, frozenset({"bob", "carol"}))
+    conversation.set_typing("alice", True)
+    conversation.set_typing("bob", True)
+    conversation.send_message("alice", uuid.uuid4(), "hello")  # sending ends alice's typing
+    conversation.send_message("carol", uuid.uuid4(), "hi")  # carol was not typing: no update
+    conversation.set_typing("bob", False)
+    events = list(enumerate(conversation.collect_events(), start=1))
+
+    frames = published_frames(redis_url, conversation_channel(conversation.id), events)
+
+    typing = [f["data"]["typingUsers"] for f in frames if f["event"] == "typing_update"]
+    assert typing == [["alice"], ["alice", "bob"], ["bob"], []]
+    assert [f["event"] for f in frames] == [
+        "typing_update", "typing_update", "message_received", "typing_update", "message_received", "typing_update",
+    ]  # fmt: skip
+    assert redis.Redis.from_url(redis_url).smembers(TYPING_KEY.format(conversation.id)) == set()
