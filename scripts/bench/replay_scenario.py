@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scripts.bench.stats import LATENCY_KEYS, SHORT_KEYS, summarize
+from scripts.bench.stats import without_messages
 from scripts.bench.servers import INHERITED_SETTINGS_DROPPED, PROJECT_ROOT, SERVE_ENTRY
 
 SEED_TIMEOUT_S = 3600.0  # 1,000,000 events take minutes on 2 cores; bounded all the same
@@ -58,19 +58,7 @@ def replay_result(events: int, conversations: int, out: Any) -> dict[str, Any]:
         shutil.rmtree(data_dir, ignore_errors=True)
     postgres_rate = _POSTGRES_RATE.search(replayed)
     return {
-        "scenario": "replay",
-        "offered_rate": 0,
-        "sent": 0,
-        "acked": 0,
-        "delivered": 0,
-        "lost": 0,
-        "duplicates": 0,
-        "out_of_order": 0,
-        "throughput_msgs_per_s": 0.0,
-        "deliveries_per_s": 0.0,
-        "ack_latency_ms": summarize([], LATENCY_KEYS),
-        "e2e_latency_ms": summarize([], LATENCY_KEYS),
-        "projection_lag_ms": summarize([], SHORT_KEYS),
+        **without_messages("replay"),  # no chat messages: see the keys below
         "server_cpu_s": round(cpu_s, 1),  # the replay process (and its children)
         "server_rss_mb": None,
         "events": logged,

@@ -22,7 +22,7 @@ from scripts.bench.pool import WorkerPool
 from scripts.bench.progress import Progress
 from scripts.bench.provision import wait_for_projection
 from scripts.bench.report import PROJECTION_LAG_METHOD
-from scripts.bench.stats import LATENCY_KEYS, SHORT_KEYS, WIDE_KEYS, rate, samples_from_bytes, summarize
+from scripts.bench.stats import LATENCY_KEYS, SHORT_KEYS, WIDE_KEYS, rate, samples_from_bytes, summarize, without_messages
 
 START_LEAD_S = 0.5  # every worker has its command before the common start instant
 REPLY_MARGIN_S = 30.0  # pickling a step's acks and receipts across processes, on a busy box
@@ -313,19 +313,7 @@ def connections_result(
     if before is not None and after is not None and opened:
         kb = round((after - before) / opened / 1024, 1)
     result: dict[str, Any] = {
-        "scenario": "connections",
-        "offered_rate": 0,
-        "sent": 0,
-        "acked": 0,
-        "delivered": 0,
-        "lost": 0,
-        "duplicates": 0,
-        "out_of_order": 0,
-        "throughput_msgs_per_s": 0.0,
-        "deliveries_per_s": 0.0,
-        "ack_latency_ms": summarize([], LATENCY_KEYS),  # no messages: see heartbeat_ms
-        "e2e_latency_ms": summarize([], LATENCY_KEYS),
-        "projection_lag_ms": summarize([], SHORT_KEYS),
+        **without_messages("connections"),  # no chat messages: see the keys below
         "server_cpu_s": cost.server_cpu_s,
         "server_rss_mb": cost.server_rss_mb,
         **extra,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 LATENCY_KEYS = ("p50", "p95", "p99", "max")
 SHORT_KEYS = ("p50", "p99")
@@ -47,3 +48,23 @@ def samples_from_bytes(chunks: Iterable[bytes]) -> array[float]:
 
 def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+def without_messages(scenario: str) -> dict[str, Any]:
+    """The contract's message keys for a scenario that sends no chat messages (connections,
+    replay): zero counts, latencies not measured."""
+    return {
+        "scenario": scenario,
+        "offered_rate": 0,
+        "sent": 0,
+        "acked": 0,
+        "delivered": 0,
+        "lost": 0,
+        "duplicates": 0,
+        "out_of_order": 0,
+        "throughput_msgs_per_s": 0.0,
+        "deliveries_per_s": 0.0,
+        "ack_latency_ms": summarize([], LATENCY_KEYS),
+        "e2e_latency_ms": summarize([], LATENCY_KEYS),
+        "projection_lag_ms": summarize([], SHORT_KEYS),
+    }

@@ -8,7 +8,7 @@ from array import array
 import pytest
 
 from scripts.bench.ledger import Device, Step, client_message_id, due_deliveries, parse_client_message_id, record_delivery
-from scripts.bench.plan import plan_chat, plan_group
+from scripts.bench.plan import plan_chat, plan_group, plan_typing
 from scripts.bench.stats import percentile, samples_from_bytes, summarize
 
 
@@ -91,6 +91,17 @@ class TestPlan:
     def test_a_group_larger_than_the_users_is_refused(self) -> None:
         with pytest.raises(ValueError):
             plan_group("r", users=3, conversations=1, group_size=5, workers=1, nodes=1)
+
+    def test_typists_only_type_and_chatters_only_send(self) -> None:
+        plan = plan_typing("r", users=6, conversations=None, typists=4, workers=2, nodes=1)
+        senders = {user for worker in range(2) for _, user in plan.sender_slots(worker)}
+        typists = {user for worker in range(2) for _, user in plan.typing_slots(worker)}
+        assert senders == set(range(6)) and typists == {6, 7, 8, 9}
+        assert plan.users == 10 and plan.total_slots() == 6
+
+    def test_typists_come_in_pairs(self) -> None:
+        with pytest.raises(ValueError):
+            plan_typing("r", users=6, conversations=None, typists=3, workers=1, nodes=1)
 
 
 def delivery(message_id: str, seq: int, step: int = 0, conversation: str = "c1") -> dict[str, object]:
