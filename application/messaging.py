@@ -34,7 +34,6 @@ class MessagingApplication(Application[UUID]):
         "POSTGRES_LOCK_TIMEOUT": "5",
         "POSTGRES_POOL_SIZE": "5",
         "POSTGRES_MAX_OVERFLOW": "10",
-        "POSTGRES_PRE_PING": "y",  # survive a restarted Postgres without a failed command
         "APPLICATION_RECORDER_TOPIC": "infrastructure.event_store:MessagingRecorder",
         "TRANSCODER_TOPIC": "infrastructure.transcoder:FastJSONTranscoder",
     }

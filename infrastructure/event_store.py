@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Notification, StoredEvent
+from eventsourcing.persistence import InterfaceError, Notification, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.utils import retry
 import psycopg
 from psycopg import Cursor
 from psycopg.rows import DictRow, tuple_row
@@ -45,6 +46,12 @@ def schema_creation_lock(database_url: str) -> Iterator[None]:
             yield
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+
+
+# As the library's own recorder methods: a connection that died with a restarted Postgres is
+# dropped by the pool and the call runs again on a fresh one (the pool does not ping each
+# connection before use; that cost a round trip per call on the write path).
+_reconnecting = retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
 
 
 class MessagingRecorder(PostgresApplicationRecorder):
@@ -121,6 +128,7 @@ class MessagingRecorder(PostgresApplicationRecorder):
         if message_index.deleted:
             curs.execute(self._mark_deleted_sql, (list(message_index.deleted),))
 
+    @_reconnecting
     def lookup_messages(self, message_ids: Iterable[UUID]) -> dict[UUID, IndexedMessage]:
         ids = list(set(message_ids))
         if not ids:
@@ -141,6 +149,7 @@ class MessagingRecorder(PostgresApplicationRecorder):
             for row in rows
         }
 
+    @_reconnecting
     def select_log(
         self, after: int, limit: int, *, stop: int | None = None, exclude_topic: str | None = None
     ) -> list[tuple[int, Any, int, str, bytes]]:
@@ -155,6 +164,7 @@ class MessagingRecorder(PostgresApplicationRecorder):
                 )
             return curs.fetchall()
 
+    @_reconnecting
     def select_conversation_notifications(
         self, conversation_id: UUID, after_version: int = 0, limit: int = 1000
     ) -> list[Notification]:

@@ -43,6 +43,8 @@ from domain.errors import (
     UnsupportedOperationError,
 )
 from domain.values import ConversationType, conversation_id_for, message_id_for
+from infrastructure.postgres_url import PostgresParams
+from tests.integration.conftest import connect
 if TYPE_CHECKING:  # fixtures hand these in; never import a conftest at run time
     from tests.integration.conftest import Node
 
@@ -173,6 +175,26 @@ class TestEventStoreRoundTrip:
 
 
 # ---- idempotency --------------------------------------------------------------------------
+
+
+class TestPostgresConnectionsLost:
+    def test_commands_after_every_pooled_connection_was_cut_succeed_on_fresh_ones(
+        self, node: Node, postgres_params: PostgresParams
+    ) -> None:
+        conversation = node.execute(StartConversation(ALICE, "DIRECT", (BOB,))).value
+        node.execute(SendMessage(ALICE, conversation.id, "before", client_message_id="c-1"))
+        # What a Postgres restart does to the pool: every connection it holds is dead.
+        with connect(postgres_params, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+        again = node.execute(SendMessage(ALICE, conversation.id, "before", client_message_id="c-1"))  # a lookup first
+        after = node.execute(SendMessage(ALICE, conversation.id, "after"))
+
+        assert again.value.seq == 1 and after.value.seq == 2
+        assert [e.seq for e in logged_messages(node.app, conversation.id)] == [1, 2]
 
 
 class TestDurableIdempotency:
