@@ -135,7 +135,7 @@ def build(settings: Settings, *, with_writer: bool = True, need_redis: bool = Tr
     return container
 
 
-def create_app(settings: Settings, role: str = "all") -> Starlette:
+def create_app(settings: Settings, role: str = "all") -> Any:
     """The ASGI app for `loopify serve`; everything is built in its lifespan."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")

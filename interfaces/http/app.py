@@ -18,12 +18,14 @@ from interfaces.http.graphiql import graphiql_endpoint
 from interfaces.http.graphql_endpoint import graphql_endpoint
 from interfaces.http.health import health_endpoint
 from interfaces.runtime import Runtime
+from interfaces.socket_io.gateway import with_socket_io
 from interfaces.ws.endpoint import ws_endpoint
 
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
-def build_http_app(runtime: Runtime, lifespan: Lifespan) -> Starlette:
+def build_http_app(runtime: Runtime, lifespan: Lifespan) -> Any:
+    """The ASGI app: Socket.IO at /socket.io/ in front of the Starlette routes."""
     engine_holder: dict[str, Engine] = {}
 
     @asynccontextmanager
@@ -52,4 +54,5 @@ def build_http_app(runtime: Runtime, lifespan: Lifespan) -> Starlette:
         # The GraphiQL page in development; a 404 everywhere else.
         Route("/graphql", graphiql_endpoint(enabled=runtime.is_development), methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=middleware, lifespan=app_lifespan)
+    app = Starlette(routes=routes, middleware=middleware, lifespan=app_lifespan)
+    return with_socket_io(app, runtime, cors_origin=runtime.cors_origin)

@@ -44,7 +44,7 @@ def ws_endpoint(runtime: Runtime) -> Any:
         try:
             await _serve(websocket, runtime, connection)
         finally:
-            await _goodbye(runtime, connection)
+            await goodbye(runtime, connection)
 
     return endpoint
 
@@ -69,11 +69,16 @@ async def _authenticate(websocket: WebSocket, runtime: Runtime) -> str | None:
     return user
 
 
-async def _serve(websocket: WebSocket, runtime: Runtime, connection: Connection) -> None:
+async def welcome(runtime: Runtime, connection: Connection) -> None:
+    """A new device of its user: subscribed for live traffic, online, told it is connected."""
     await runtime.hub.attach(connection)
     if runtime.presence is not None and await runtime.presence.connect(connection.user_id, connection.id):
         await announce_presence(runtime, connection.user_id, True)
     connection.send("connected", {"userId": connection.user_id})
+
+
+async def _serve(websocket: WebSocket, runtime: Runtime, connection: Connection) -> None:
+    await welcome(runtime, connection)
     session = Session(runtime, connection)
     while not connection.closed:
         try:
@@ -94,19 +99,29 @@ async def _handle(session: Session, text: str) -> None:
     try:
         frame = parse_frame(text)
         request_id = frame.request_id
-        handler = HANDLERS.get(frame.event)
-        if handler is None:
-            raise UnknownEventError(f"unknown event {frame.event!r}")
-        result = await handler(session, frame.data)
+        result = await run_event(session, frame.event, frame.data)
         if request_id is not None:
-            session.connection.send("ack", result or {}, request_id)
+            session.connection.send("ack", result, request_id)
     except Exception as error:
-        code = error_code(error)
-        if code == "INTERNAL":
-            _log_internal(error)
         if request_id is None:
             request_id = request_id_of(text)
-        session.connection.send("error", {"code": _ws_code(error, code), "message": public_message(error)}, request_id)
+        session.connection.send("error", describe_error(error), request_id)
+
+
+async def run_event(session: Session, event: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One client event through its handler; the ack's data, or an error (see describe_error)."""
+    handler = HANDLERS.get(event)
+    if handler is None:
+        raise UnknownEventError(f"unknown event {event!r}")
+    return await handler(session, data) or {}
+
+
+def describe_error(error: Exception) -> dict[str, str]:
+    """The `error` data a client gets: a code from the contract and a message safe to show."""
+    code = error_code(error)
+    if code == "INTERNAL":
+        _log_internal(error)
+    return {"code": _ws_code(error, code), "message": public_message(error)}
 
 
 _last_traceback_at = 0.0
@@ -135,7 +150,8 @@ def _ws_code(error: Exception, code: str) -> str:
     return code
 
 
-async def _goodbye(runtime: Runtime, connection: Connection) -> None:
+async def goodbye(runtime: Runtime, connection: Connection) -> None:
+    """The device is gone: unsubscribed, offline if it was the user's last, its queue stopped."""
     with contextlib.suppress(Exception):
         await runtime.hub.detach(connection)
     with contextlib.suppress(Exception):

@@ -563,7 +563,7 @@ class TestUserOnlineStatusChanged:
 
 
 def install_js_client() -> None:
-    if (JS_DIR / "node_modules" / "graphql-ws").is_dir():
+    if all((JS_DIR / "node_modules" / package).is_dir() for package in ("graphql-ws", "socket.io-client")):
         return
     npm = shutil.which("npm")
     assert npm is not None, "npm is needed for the graphql-ws client test"
