@@ -181,13 +181,17 @@ def within_target(result: dict[str, Any]) -> bool:
 
 def search_max(traffic: Traffic, first_rate: float, increment: float, ceiling: float) -> list[dict[str, Any]]:
     """Step the offered rate up from `first_rate` by `increment` while each step meets the target
-    (correct and p99 send->receive < 100 ms), up to `ceiling`. When the first rate already misses,
-    halve it until one meets the target (down to MIN_SEARCH_RATE), so a slow server still gets a
-    number. Stops at once on a lost, duplicated or out-of-order message. Returns every step."""
+    (correct and p99 send->receive < 100 ms), up to `ceiling`. A p99 is one slow moment on a
+    shared 2-core box, so a rate that misses is tried once more before the search stops there.
+    When the first rate already misses (twice), halve it until one meets the target (down to
+    MIN_SEARCH_RATE), so a slow server still gets a number. Stops at once on a lost, duplicated
+    or out-of-order message. Returns every step (the result takes the highest passing one)."""
     steps: list[dict[str, Any]] = []
 
     def attempt(offered: float) -> dict[str, Any]:
         steps.append(traffic.step(len(steps) + 1, offered))  # step 0 is the warm-up
+        if not steps[-1]["within_target"] and is_lossless(steps[-1]):
+            steps.append(traffic.step(len(steps) + 1, offered))  # confirm the miss
         return steps[-1]
 
     offered = first_rate

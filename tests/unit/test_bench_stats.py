@@ -9,6 +9,7 @@ import pytest
 
 from scripts.bench.ledger import Device, Step, client_message_id, due_deliveries, parse_client_message_id, record_delivery
 from scripts.bench.plan import plan_chat, plan_group, plan_typing
+from scripts.bench.scenarios import search_max
 from scripts.bench.stats import percentile, samples_from_bytes, summarize
 
 
@@ -155,3 +156,41 @@ class TestDeliveryLedger:
 
         due = {(device.user, message_id) for device, message_id in due_deliveries([alice, bob], expected)}
         assert due == {("alice", "m2"), ("bob", "m1"), ("bob", "m3")}
+
+
+class ScriptedTraffic:
+    """Steps whose outcome the test decides: rate -> successive within_target answers."""
+
+    def __init__(self, outcomes: dict[float, list[bool]], lossless: bool = True) -> None:
+        self.outcomes = {rate: list(answers) for rate, answers in outcomes.items()}
+        self.lossless = lossless
+        self.rates: list[float] = []
+
+    def step(self, number: int, offered: float) -> dict[str, object]:
+        self.rates.append(offered)
+        ok = self.outcomes[offered].pop(0)
+        lost = 0 if self.lossless else 1
+        return {"offered_rate": offered, "within_target": ok, "lost": lost, "duplicates": 0, "out_of_order": 0}
+
+
+class TestMaxSearch:
+    def test_a_rate_that_misses_once_is_tried_again_and_the_search_goes_on(self) -> None:
+        traffic = ScriptedTraffic({100: [True], 200: [False, True], 300: [False, False]})
+        steps = search_max(traffic, 100, 100, 1000)  # type: ignore[arg-type]
+        assert traffic.rates == [100, 200, 200, 300, 300]
+        assert max(s["offered_rate"] for s in steps if s["within_target"]) == 200
+
+    def test_the_search_stops_at_the_ceiling(self) -> None:
+        traffic = ScriptedTraffic({100: [True], 200: [True]})
+        search_max(traffic, 100, 100, 200)  # type: ignore[arg-type]
+        assert traffic.rates == [100, 200]
+
+    def test_a_lost_message_stops_the_search_without_a_second_try(self) -> None:
+        traffic = ScriptedTraffic({100: [False]}, lossless=False)
+        search_max(traffic, 100, 100, 1000)  # type: ignore[arg-type]
+        assert traffic.rates == [100]
+
+    def test_a_first_rate_that_misses_twice_is_halved(self) -> None:
+        traffic = ScriptedTraffic({400: [False, False], 200: [True]})
+        search_max(traffic, 400, 100, 1000)  # type: ignore[arg-type]
+        assert traffic.rates == [400, 400, 200]
