@@ -122,11 +122,11 @@ SELECT c.id, c.last_seq FROM read.conversation_participants p
 JOIN read.conversations c ON c.id = p.conversation_id
 WHERE p.user_id = $1 AND p.is_active"""
 
-CONTACTS = """
-SELECT DISTINCT other.user_id FROM read.conversation_participants me
-JOIN read.conversation_participants other
-  ON other.conversation_id = me.conversation_id AND other.is_active AND other.user_id <> me.user_id
-WHERE me.user_id = $1 AND me.is_active"""
+PRESENCE_CONVERSATIONS = """
+SELECT me.conversation_id FROM read.conversation_participants me
+WHERE me.user_id = $1 AND me.is_active
+  AND (SELECT count(*) FROM read.conversation_participants p
+       WHERE p.conversation_id = me.conversation_id AND p.is_active) <= $2"""
 
 _SEARCH_MATCH = "to_tsvector('simple', coalesce(m.content, '')) @@ plainto_tsquery('simple', $2)"
 SEARCH_MY_CONVERSATIONS = f"""
@@ -250,10 +250,11 @@ class ReadModel:
             rows = await connection.fetch(MESSAGES_AFTER, conversation_id, after_seq, limit)
         return [_message(row, members) for row in rows]
 
-    async def contacts(self, user_id: str) -> list[str]:
-        """Everyone who shares an active conversation with the user (presence goes to them)."""
-        rows = await self._pool.fetch(CONTACTS, user_id)
-        return [row["user_id"] for row in rows]
+    async def presence_conversations(self, user_id: str, max_members: int) -> list[str]:
+        """The user's active conversations of at most `max_members` members: where a change of
+        the user's presence is announced."""
+        rows = await self._pool.fetch(PRESENCE_CONVERSATIONS, user_id, max_members)
+        return [str(row["conversation_id"]) for row in rows]
 
     # ---- presence (Redis) ---------------------------------------------------------------------
 

@@ -94,7 +94,7 @@ async def user_online_status_changed(
     _: Any, args: dict[str, Any], ctx: dict[str, Any], __: Any
 ) -> AsyncIterator[dict[str, Any]]:
     """Presence changes of the given users, as /ws `presence_update` carries them: for the
-    users who share a conversation with the subscriber."""
+    users who share a conversation of at most 100 members with the subscriber."""
     request, scope = context_of(ctx), scope_of(ctx)
     request.require_user()
     watched = {str(user) for user in args["userIds"]}

@@ -27,6 +27,7 @@ AUTH_TIMEOUT_S = 10.0  # the contract's window for a first `connect` frame
 UNAUTHORIZED_CODE = 4401
 UNAVAILABLE_CODE = 1013  # "try again later": this node cannot serve sockets right now
 TRACEBACK_EVERY_S = 5.0
+PRESENCE_MAX_MEMBERS = 100  # larger conversations get no presence pushes (announce_presence)
 
 
 def ws_endpoint(runtime: Runtime) -> Any:
@@ -161,12 +162,17 @@ async def goodbye(runtime: Runtime, connection: Connection) -> None:
 
 
 async def announce_presence(runtime: Runtime, user: str, is_online: bool) -> None:
-    """`presence_update` to everyone who shares a conversation with the user."""
+    """`presence_update` to everyone who shares a conversation of at most
+    PRESENCE_MAX_MEMBERS members with the user: one publish per conversation, not per contact.
+
+    Pushing every change to every member of a large group costs O(members²) frames when the
+    group comes online (a 1,000-member group: a million frames); there, clients ask
+    `usersOnlineStatus` for the members they show, as Slack and Discord do."""
     try:
-        contacts = await runtime.read_model.contacts(user)
+        conversations = await runtime.read_model.presence_conversations(user, PRESENCE_MAX_MEMBERS)
         last_seen = await runtime.presence.last_seen(user)
-        await runtime.hub.publish_to_users(
-            contacts, "presence_update", {"userId": user, "isOnline": is_online, "lastSeen": last_seen}
+        await runtime.hub.publish_presence(
+            user, conversations, {"userId": user, "isOnline": is_online, "lastSeen": last_seen}
         )
     except Exception:
         log.exception("could not announce presence of %s", user)

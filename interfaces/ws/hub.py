@@ -105,9 +105,19 @@ class Hub:
 
     # ---- publishing (presence is not in the log: nodes publish it themselves) --------------
 
-    async def publish_to_users(self, user_ids: list[str], event: str, data: dict[str, Any]) -> None:
-        envelope = orjson.dumps({"kind": "user", "frame": orjson.dumps({"event": event, "data": data}).decode()}).decode()
-        await asyncio.gather(*(self.broadcast.publish(user_channel(user), envelope) for user in user_ids))
+    async def publish_presence(self, user_id: str, conversation_ids: list[str], data: dict[str, Any]) -> None:
+        """`presence_update` for the other members of each conversation, on whichever node they
+        are (a member of two of them gets it twice: presence is state, a repeat is harmless)."""
+        frame = orjson.dumps({"event": "presence_update", "data": data}).decode()
+        await asyncio.gather(
+            *(
+                self.broadcast.publish(
+                    conversation_channel(cid),
+                    orjson.dumps({"kind": "presence", "conversationId": cid, "userId": user_id, "frame": frame}).decode(),
+                )
+                for cid in conversation_ids
+            )
+        )
 
     # ---- subscriptions -------------------------------------------------------------------
 
@@ -175,6 +185,10 @@ class Hub:
             elif kind == "typing":
                 for device in devices:
                     if cid in device.joined:
+                        device.send_text(envelope["frame"])
+            elif kind == "presence":
+                for device in devices:
+                    if device.user_id != envelope["userId"]:
                         device.send_text(envelope["frame"])
             else:  # edits, deletes, receipts
                 for device in devices:

@@ -843,3 +843,18 @@ class TestGraphQLQueries:
         assert error_codes(graphql(ALICE, '{ conversations(first: 5, after: "junk") { edges { cursor } } }')) == [
             "BAD_USER_INPUT"
         ]
+
+
+class TestPresenceAudience:
+    def test_presence_is_announced_in_active_conversations_up_to_the_size_limit(self, story: Story, ask: Ask[Any]) -> None:
+        pair = story.start(ALICE, {BOB}, DIRECT)
+        trio = story.start(ALICE, {BOB, CAROL}, title="Trip")
+        story.start(CAROL, {DAVE}, DIRECT)  # not hers
+        left = story.start(ALICE, {DAVE}, title="Old plans")
+        story.leave(left, ALICE)
+
+        up_to_three = ask(lambda rm: rm.presence_conversations(ALICE, 3))
+        up_to_two = ask(lambda rm: rm.presence_conversations(ALICE, 2))
+
+        assert sorted(up_to_three) == sorted([str(pair), str(trio)])
+        assert up_to_two == [str(pair)]  # the group of three is above the limit
