@@ -51,6 +51,11 @@ MAX_BATCH_COMMANDS = 500
 # reloaded aggregate can be stale again by the time it is saved. Exponential, jittered backoff
 # lets the loser slip between the winner's commits; 30 tries span several seconds.
 MAX_CONFLICT_RETRIES = 30
+# After a conflict, other nodes are writing our conversations: for this long, each batch first
+# checks its cached aggregates against the store (one query) and reloads the stale ones, instead
+# of deciding on stale state and re-running every command alone after the save fails. A node
+# that never sees a conflict never pays for the check.
+FRESHNESS_CHECK_S = 60.0
 CONFLICT_BACKOFF_S = 0.002  # first wait; doubles per attempt up to the cap
 CONFLICT_BACKOFF_CAP_S = 0.25
 
@@ -67,6 +72,7 @@ class WriterStats:
     commands: int = 0
     events: int = 0
     conflicts: int = 0
+    stale_reloads: int = 0  # cached conversations another node had changed, reloaded before deciding
     largest_batch: int = 0
 
     def as_dict(self) -> dict[str, float]:
@@ -76,6 +82,7 @@ class WriterStats:
             "commands": self.commands,
             "events": self.events,
             "conflicts": self.conflicts,
+            "staleReloads": self.stale_reloads,
             "largestBatch": self.largest_batch,
             "meanBatch": round(mean, 2),
         }
@@ -96,6 +103,7 @@ class GroupCommitWriter:
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._running = False
+        self._check_freshness_until = 0.0  # see FRESHNESS_CHECK_S
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -164,6 +172,7 @@ class GroupCommitWriter:
             self._commit(batch)
         except (IntegrityError, PollutedAggregateError) as error:
             self.stats.conflicts += 1
+            self._check_freshness_until = time.monotonic() + FRESHNESS_CHECK_S
             log.info("batch of %d hit %s; re-running each command alone", len(batch), type(error).__name__)
             for pending in batch:
                 self._commit_alone(pending)
@@ -188,6 +197,8 @@ class GroupCommitWriter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         """Decide every command of the batch, then save all their events in one transaction."""
+        if time.monotonic() < self._check_freshness_until:
+            self._evict_stale(batch)
         prefetch = message_ids_to_prefetch([p.command for p in batch])
         known = self.app.lookup_messages(prefetch) if prefetch else {}
         uow = UnitOfWork(self.app, self.cache, known, looked_up=prefetch)
@@ -218,6 +229,20 @@ class GroupCommitWriter:
             _resolve(pending, CommandResult(outcome.value, position))
         for pending, error in refused:
             _fail(pending, error)
+
+    def _evict_stale(self, batch: list[_Pending]) -> None:
+        cached = {
+            cid: conversation.version
+            for cid in {_conversation_of(p.command) for p in batch} - {None}
+            if (conversation := self.cache.get(cid)) is not None
+        }
+        if not cached:
+            return
+        current = self.app.current_versions(cached)
+        stale = [cid for cid, version in cached.items() if current.get(cid, version) != version]
+        if stale:
+            self.stats.stale_reloads += len(stale)
+            self.cache.evict(stale)
 
     def _save(self, uow: UnitOfWork) -> dict[int, int]:
         if not uow.events:

@@ -60,6 +60,9 @@ class MessagingApplication(Application[UUID]):
     def lookup_messages(self, message_ids: Iterable[UUID]) -> dict[UUID, IndexedMessage]:
         return self.message_index.lookup_messages(message_ids)
 
+    def current_versions(self, conversation_ids: Iterable[UUID]) -> dict[UUID, int]:
+        return self.message_index.current_versions(conversation_ids)
+
     def get_message(self, message_id: UUID) -> MessageRecord:
         """The message as it was sent (audit and idempotent repeats read this)."""
         indexed = self.lookup_messages([message_id]).get(message_id)

@@ -45,6 +45,11 @@ class MessageIndex(Protocol):
 
     def lookup_messages(self, message_ids: Iterable[UUID]) -> dict[UUID, IndexedMessage]: ...
 
+    def current_versions(self, aggregate_ids: Iterable[UUID]) -> dict[UUID, int]:
+        """The latest stored version of each aggregate that has events (another node's writes
+        included)."""
+        ...
+
 
 @runtime_checkable
 class ConversationLog(Protocol):

@@ -87,6 +87,11 @@ class MessagingRecorder(PostgresApplicationRecorder):
             "SELECT notification_id, originator_id, originator_version, topic, state FROM {events}"
             " WHERE originator_id = %s AND originator_version > %s ORDER BY originator_version LIMIT %s"
         ).format(events=SQL("{}.{}").format(Identifier(datastore.schema), Identifier(self.events_table_name)))
+        # Max over the primary key (originator_id, originator_version): one index probe each.
+        self._current_versions_sql = SQL(
+            "SELECT v.id, (SELECT max(originator_version) FROM {events} WHERE originator_id = v.id)"
+            " FROM unnest(%s::uuid[]) AS v(id)"
+        ).format(events=SQL("{}.{}").format(Identifier(datastore.schema), Identifier(self.events_table_name)))
         self._select_log_sql = SQL(
             "SELECT notification_id, originator_id, originator_version, topic, state FROM {events}"
             " WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
@@ -148,6 +153,16 @@ class MessagingRecorder(PostgresApplicationRecorder):
             )
             for row in rows
         }
+
+    @_reconnecting
+    def current_versions(self, aggregate_ids: Iterable[UUID]) -> dict[UUID, int]:
+        """The latest stored version of each aggregate that has events."""
+        ids = list(set(aggregate_ids))
+        if not ids:
+            return {}
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(self._current_versions_sql, (ids,), prepare=True)
+            return {row[0]: int(row[1]) for row in curs.fetchall() if row[1] is not None}
 
     @_reconnecting
     def select_log(

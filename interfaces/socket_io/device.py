@@ -2,7 +2,7 @@
 
 The hub hands every frame for the user to `send_text` as the /ws JSON text
 `{"event": ..., "data": ...}`; this device's writer task turns it into a Socket.IO event of the
-same name and data. The bounded queue and the slow-consumer rule are the /ws ones (a client
+same name and data. The bounded buffer and the slow-consumer rule are the /ws ones (a client
 that falls behind is disconnected and resumes with `sync`).
 """
 
@@ -22,16 +22,9 @@ class SocketIoDevice(Connection):
         self.server = server
         self.sid = sid
 
-    async def _write_loop(self) -> None:
-        try:
-            while True:
-                text = await self._queue.get()
-                if text is None:
-                    return
-                frame = orjson.loads(text)
-                await self.server.emit(frame["event"], frame.get("data") or {}, to=self.sid)
-        except Exception:  # the client went away; its disconnect handler ends the session
-            self.closed = True
+    async def _write(self, text: str) -> None:
+        frame = orjson.loads(text)
+        await self.server.emit(frame["event"], frame.get("data") or {}, to=self.sid)
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):

@@ -1,9 +1,9 @@
-"""One WebSocket client (a device): its outbound queue and what it has already been sent.
+"""One WebSocket client (a device): its outbound frames and what it has already been sent.
 
-Frames go through a bounded queue drained by one writer task, so a slow client never makes
-the server buffer without limit: when the queue is full the connection is closed with
-`SLOW_CONSUMER_CODE`, and the client resumes with `sync`. A failure here closes this
-connection only.
+Frames go through a bounded buffer drained by a writer task that exists only while there is
+something to write, so a slow client never makes the server buffer without limit (when the
+buffer is full the connection is closed with `SLOW_CONSUMER_CODE`, and the client resumes with
+`sync`) and an idle one costs no task. A failure here closes this connection only.
 """
 
 from __future__ import annotations
@@ -32,23 +32,27 @@ class Connection:
         self.id = uuid.uuid4().hex
         self.joined: set[str] = set()  # conversations this device opened (typing goes here)
         self.seen_seq: dict[str, int] = {}  # per member conversation: highest seq sent live
-        # The ids of this device's own recent sends, as a set for an O(1) test per delivery
-        # (a 1,000-member group tests it 1,000 times per message) and a deque to forget the oldest.
-        self._acked: set[str] = set()
-        self._acked_order: deque[str] = deque()
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(OUTBOUND_QUEUE_LIMIT)
+        # The ids of this device's own recent sends (created on the first one): a set for an O(1)
+        # test per delivery (a 1,000-member group tests it 1,000 times per message) and a deque
+        # to forget the oldest.
+        self._acked: set[str] | None = None
+        self._acked_order: deque[str] | None = None
+        # Frames waiting for the socket, and the task writing them: both exist only while there
+        # is something to write, so an idle device holds no task, queue or buffer (10,000 idle
+        # sockets per process is a target; an asyncio.Queue and a task cost ~3 KB each).
+        self._pending: deque[str] | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self.closed = False
-        self._writer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
+        """Nothing to start: a writer task appears when the first frame is queued."""
 
     async def stop(self) -> None:
         self.closed = True
-        if self._writer is not None:
-            self._writer.cancel()
+        if self._flusher is not None:
+            self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._writer
+                await self._flusher
 
     # ---- sending -------------------------------------------------------------------------
 
@@ -61,23 +65,30 @@ class Connection:
     def send_text(self, text: str) -> None:
         if self.closed:
             return
-        try:
-            self._queue.put_nowait(text)
-        except asyncio.QueueFull:
+        if self._pending is None:
+            self._pending = deque()
+        if len(self._pending) >= OUTBOUND_QUEUE_LIMIT:
             log.info("closing %s (%s): outbound queue full", self.id, self.user_id)
             self.closed = True
+            self._pending = None
             asyncio.create_task(self._close(SLOW_CONSUMER_CODE, "too far behind: reconnect and sync"))
+            return
+        self._pending.append(text)
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name=f"ws-writer-{self.id}")
 
     def deliver_message(self, conversation_id: str, seq: int, message_id: str | None, text: str) -> None:
         """A live message: sent once, in seq order; the device's own sends it already has."""
         if seq <= self.seen_seq.get(conversation_id, 0):
             return  # already delivered (live, by catch-up, or before this socket connected)
         self.seen_seq[conversation_id] = seq
-        if message_id is not None and message_id in self._acked:
+        if message_id is not None and self._acked is not None and message_id in self._acked:
             return
         self.send_text(text)
 
     def note_own_message(self, message_id: str) -> None:
+        if self._acked is None or self._acked_order is None:
+            self._acked, self._acked_order = set(), deque()
         self._acked.add(message_id)
         self._acked_order.append(message_id)
         if len(self._acked_order) > RECENT_ACKS:
@@ -88,15 +99,20 @@ class Connection:
 
     # ---- the writer task -----------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
+    async def _flush(self) -> None:
+        """Write queued frames in order, then end: the next frame starts a new task."""
         try:
-            while True:
-                text = await self._queue.get()
-                if text is None:
-                    return
-                await self.websocket.send_text(text)
+            while self._pending:
+                await self._write(self._pending.popleft())
         except Exception:  # the socket went away; the receive loop ends the session
             self.closed = True
+        finally:
+            self._flusher = None
+            if not self._pending:
+                self._pending = None  # an idle device keeps no buffer
+
+    async def _write(self, text: str) -> None:
+        await self.websocket.send_text(text)
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):

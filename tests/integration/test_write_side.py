@@ -518,6 +518,27 @@ class TestConcurrentSendersOnTwoNodes:
         assert [e.seq for e in logged] == list(range(1, 8 * self.PER_SENDER + 1))
 
 
+class TestAlternatingNodes:
+    def test_after_a_first_conflict_a_node_reloads_what_the_other_changed_instead_of_conflicting(
+        self, open_node: Callable[[], Node]
+    ) -> None:
+        # A buyer on one node and a seller on another take turns in one conversation: each
+        # node's cached aggregate is stale at every turn.
+        buyer_node, seller_node = open_node(), open_node()
+        conversation_id = buyer_node.execute(StartConversation(ALICE, "DIRECT", (BOB,))).value.id
+        turns = 20
+        for turn in range(turns):
+            buyer_node.execute(SendMessage(ALICE, conversation_id, f"buyer {turn}"))
+            seller_node.execute(SendMessage(BOB, conversation_id, f"seller {turn}"))
+
+        conflicts = buyer_node.writer.stats.conflicts + seller_node.writer.stats.conflicts
+        reloads = buyer_node.writer.stats.stale_reloads + seller_node.writer.stats.stale_reloads
+        assert conflicts <= 2  # the first stale turn on each node, at most
+        assert reloads >= 2 * turns - 4  # every later turn reloads instead of conflicting
+        logged = logged_messages(buyer_node.app, conversation_id)
+        assert [e.seq for e in logged] == list(range(1, 2 * turns + 1))
+
+
 # ---- positions ----------------------------------------------------------------------------
 
 
