@@ -7,33 +7,16 @@ import asyncio
 import itertools
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-
-from tests.e2e.server_process import ServerProcess, project_env
+from tests.e2e.server_process import ServerProcess
+# The graphql-ws module's fixtures: one server for this module too, and users of one test each.
+from tests.e2e.test_graphql_ws import env, people, server  # noqa: F401
 from tests.e2e.test_graphql_ws import JS_DIR, NODE_TIMEOUT_S, People, install_js_client, start_direct
 from tests.e2e.ws_client import WsClient
 
 WAIT_S = 15.0
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return project_env(tmp_path_factory.mktemp("socket-io") / "data")
-
-
-@pytest.fixture(scope="module")
-def server(env: dict[str, str]) -> Iterator[ServerProcess]:
-    process = ServerProcess(env).start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def people(env: dict[str, str]) -> People:
-    return People(env)
 
 
 class SioDevice:
