@@ -56,6 +56,8 @@ async def join_conversation(session: Session, data: dict[str, Any]) -> dict[str,
     conversation_id = field_id(data, "conversationId")
     await session.caught_up()
     await session.runtime.read_model.get_conversation(session.user, conversation_id)  # 404 / 403
+    if session.runtime.hub is not None:
+        await session.runtime.hub.track(session.connection, str(conversation_id))
     session.connection.joined.add(str(conversation_id))
     session.connection.send("joined_conversation", {"conversationId": str(conversation_id)})
     return {"conversationId": str(conversation_id)}

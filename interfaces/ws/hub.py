@@ -99,6 +99,19 @@ class Hub:
                 for device in targets:
                     device.deliver_message(cid, message.seq, str(message.id), text)
 
+    async def track(self, connection: Connection, conversation_id: str) -> None:
+        """The device opened a conversation the read model says its user belongs to. If the hub
+        does not follow it yet (the membership frame from the relay is still on its way), follow
+        it now, before the join is acknowledged: typing frames are never replayed, so one sent
+        before the subscription lands would be lost. Messages are caught up from seq 0 as the
+        membership frame would (a device skips what it already has)."""
+        if conversation_id in connection.seen_seq:
+            return
+        connection.seen_seq.setdefault(conversation_id, 0)
+        self.members[conversation_id].add(connection.user_id)
+        await self._subscribe(conversation_channel(conversation_id))
+        await self.catch_up([conversation_id], [connection])
+
     async def on_reconnect(self) -> None:
         """Redis came back (or dropped messages): whatever was published meanwhile is lost."""
         await self.catch_up(list(self.members))
