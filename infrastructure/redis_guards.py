@@ -96,24 +96,20 @@ class SendGuard:
         return Admission(None, int(value) <= self.per_minute)
 
     async def record(
-        self,
-        conversation_id: str,
-        sender_id: str,
-        *,
-        position: int | None,
-        client_message_id: str | None,
-        ack: str,
+        self, conversation_id: str, sender_id: str, *, position: int | None, client_message_id: str | None, ack: str | None
     ) -> None:
+        """After the commit: the read-your-writes position, the end of the sender's typing, and
+        the ack kept for retries (`ack` is given only with a `client_message_id`)."""
         member = _typing_member(conversation_id, sender_id)
         # Without a client id nothing is remembered; the key slot still needs a name.
-        dedup = dedup_key(conversation_id, sender_id, client_message_id) if client_message_id else member
+        dedup = dedup_key(conversation_id, sender_id, client_message_id) if client_message_id and ack else member
         await self._record(
             keys=[write_position_key(sender_id), TYPING_EXPIRIES_KEY, _typing_throttle_key(member), dedup],
             args=[
                 "" if position is None else position,
                 POSITION_TTL_S,
                 member,
-                ack if client_message_id else "",
+                ack or "",
                 DEDUP_TTL_S,
             ],
         )

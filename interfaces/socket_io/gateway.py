@@ -98,11 +98,7 @@ def with_socket_io(app: Any, runtime: Runtime, *, cors_origin: str | None) -> An
                     raise FrameTooLargeError(f"events are limited to {MAX_FRAME_BYTES} bytes")
                 return await run_event(session, event, data)
             except Exception as error:
-                problem = describe_error(error)
-                if _wants_ack.get():
-                    return {"error": problem}
-                session.connection.send("error", problem)
-                return None
+                return _failed(session, describe_error(error))
 
         return handle
 
@@ -115,15 +111,18 @@ def with_socket_io(app: Any, runtime: Runtime, *, cors_origin: str | None) -> An
 
 def _unknown_event(sessions: dict[str, Session]) -> Any:
     async def unknown(event: str, sid: str, *_: Any) -> Any:
-        problem = {"code": "UNKNOWN_EVENT", "message": f"unknown event {event!r}"}
-        if _wants_ack.get():
-            return {"error": problem}
-        session = sessions.get(sid)
-        if session is not None:
-            session.connection.send("error", problem)
-        return None
+        return _failed(sessions.get(sid), {"code": "UNKNOWN_EVENT", "message": f"unknown event {event!r}"})
 
     return unknown
+
+
+def _failed(session: Session | None, problem: dict[str, str]) -> Any:
+    """As on /ws: the ack carries the error if the client asked for one, else an `error` event."""
+    if _wants_ack.get():
+        return {"error": problem}
+    if session is not None:
+        session.connection.send("error", problem)
+    return None
 
 
 def _refused(code: str, message: str) -> Exception:

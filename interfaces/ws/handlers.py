@@ -94,9 +94,8 @@ async def send_message(session: Session, data: dict[str, Any]) -> dict[str, Any]
     session.connection.note_own_message(ack["message"]["id"])
     if guard is not None:
         # Read-your-writes position, end of the sender's typing, the ack kept for retries.
-        await guard.record(
-            cid, session.user, position=result.position, client_message_id=client_message_id, ack=orjson.dumps(ack).decode()
-        )
+        kept = orjson.dumps(ack).decode() if client_message_id else None  # only a retry can ask for it again
+        await guard.record(cid, session.user, position=result.position, client_message_id=client_message_id, ack=kept)
     else:
         await session.written(result.position)
     return ack

@@ -105,12 +105,8 @@ class Hub:
         it now, before the join is acknowledged: typing frames are never replayed, so one sent
         before the subscription lands would be lost. Messages are caught up from seq 0 as the
         membership frame would (a device skips what it already has)."""
-        if conversation_id in connection.seen_seq:
-            return
-        connection.seen_seq.setdefault(conversation_id, 0)
-        self.members[conversation_id].add(connection.user_id)
-        await self._subscribe(conversation_channel(conversation_id))
-        await self.catch_up([conversation_id], [connection])
+        if conversation_id not in connection.seen_seq:
+            await self._follow(conversation_id, connection.user_id, [connection], since_seq=0)
 
     async def on_reconnect(self) -> None:
         """Redis came back (or dropped messages): whatever was published meanwhile is lost."""
@@ -207,17 +203,22 @@ class Hub:
                 for device in devices:
                     device.send_text(envelope["frame"])
 
+    async def _follow(self, cid: str, user: str, devices: list[Connection], *, since_seq: int) -> None:
+        """The user's devices here follow the conversation: subscribed, then caught up from
+        `since_seq` (a device that already had a later seq keeps it)."""
+        for device in devices:
+            device.seen_seq.setdefault(cid, since_seq)
+        self.members[cid].add(user)
+        await self._subscribe(conversation_channel(cid))
+        await self.catch_up([cid], devices)
+
     async def _membership(self, envelope: dict[str, Any]) -> None:
         cid, user = envelope["conversationId"], envelope["userId"]
         devices = list(self.devices(user))
         if not devices:
             return
         if envelope["isMember"]:
-            for device in devices:
-                device.seen_seq.setdefault(cid, int(envelope.get("sinceSeq", 0)))
-            self.members[cid].add(user)
-            await self._subscribe(conversation_channel(cid))
-            await self.catch_up([cid], devices)
+            await self._follow(cid, user, devices, since_seq=int(envelope.get("sinceSeq", 0)))
         else:
             for device in devices:
                 device.seen_seq.pop(cid, None)
