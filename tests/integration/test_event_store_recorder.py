@@ -42,7 +42,7 @@ def drop_everything(params: PostgresParams) -> None:
             conn.execute(SQL("DROP TABLE IF EXISTS public.{} CASCADE").format(Identifier(table)))
         for type_name in ("stored_event_uuid", "stored_event_text"):
             conn.execute(SQL("DROP TYPE IF EXISTS public.{} CASCADE").format(Identifier(type_name)))
-        for function in ("es_insert_events_uuid", "es_insert_events_text"):
+        for function in ("es_insert_events_uuid", "es_insert_events_text", f"{EVENTS_TABLE}_append"):
             conn.execute(SQL("DROP FUNCTION IF EXISTS public.{} CASCADE").format(Identifier(function)))
 
 
