@@ -207,39 +207,44 @@ def apply(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, expected_
             ),
             _columns(updates, 4),
         )
-    if changes.tips:
-        tips = [[cid, seq, mid, at] for cid, (seq, mid, at) in changes.tips.items()]
+    if changes.touched:  # every conversation with a new tip was touched too: one statement
+        tips = changes.tips
+        rows = [[cid, *(tips.get(cid) or (None, None, None)), at] for cid, at in changes.touched.items()]
         cursor.execute(
             _statement(
-                "UPDATE {s}.conversations c SET last_seq = v.seq, last_message_id = v.mid, last_message_at = v.at,"
-                " activity_at = v.at FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::timestamptz[])"
-                " AS v(cid, seq, mid, at) WHERE c.id = v.cid",
+                "UPDATE {s}.conversations c SET updated_at = greatest(c.updated_at, v.touched_at),"
+                " last_seq = coalesce(v.seq, c.last_seq),"
+                " last_message_id = CASE WHEN v.seq IS NULL THEN c.last_message_id ELSE v.mid END,"
+                " last_message_at = CASE WHEN v.seq IS NULL THEN c.last_message_at ELSE v.at END,"
+                " activity_at = CASE WHEN v.seq IS NULL THEN c.activity_at ELSE v.at END"
+                " FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::timestamptz[], %s::timestamptz[])"
+                " AS v(cid, seq, mid, at, touched_at) WHERE c.id = v.cid",
                 schema,
             ),
-            _columns(tips, 4),
+            _columns(rows, 5),
         )
-    if changes.touched:
+    if changes.read_marks or changes.delivered_marks:  # both receipts of a participant in one row
+        rows = [
+            [cid, user, *_mark(changes.read_marks.get((cid, user))), *_mark(changes.delivered_marks.get((cid, user)))]
+            for cid, user in changes.read_marks.keys() | changes.delivered_marks.keys()
+        ]
         cursor.execute(
             _statement(
-                "UPDATE {s}.conversations c SET updated_at = greatest(c.updated_at, v.at)"
-                " FROM unnest(%s::uuid[], %s::timestamptz[]) AS v(cid, at) WHERE c.id = v.cid",
+                "UPDATE {s}.conversation_participants p SET"
+                " read_up_to = CASE WHEN v.read_seq > p.read_up_to THEN v.read_seq ELSE p.read_up_to END,"
+                " last_read_at = CASE WHEN v.read_seq > p.read_up_to THEN v.read_at ELSE p.last_read_at END,"
+                " delivered_up_to = CASE WHEN v.delivered_seq > p.delivered_up_to THEN v.delivered_seq"
+                "  ELSE p.delivered_up_to END,"
+                " last_delivered_at = CASE WHEN v.delivered_seq > p.delivered_up_to THEN v.delivered_at"
+                "  ELSE p.last_delivered_at END"
+                " FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::timestamptz[], %s::bigint[], %s::timestamptz[])"
+                " AS v(cid, uid, read_seq, read_at, delivered_seq, delivered_at)"
+                " WHERE p.conversation_id = v.cid AND p.user_id = v.uid"
+                " AND (v.read_seq > p.read_up_to OR v.delivered_seq > p.delivered_up_to)",
                 schema,
             ),
-            _columns([[cid, at] for cid, at in changes.touched.items()], 2),
+            _columns(rows, 6),
         )
-    for column, marks in (("read", changes.read_marks), ("delivered", changes.delivered_marks)):
-        if marks:
-            cursor.execute(
-                _statement(
-                    "UPDATE {s}.conversation_participants p SET {up_to} = v.seq, {at} = v.at"
-                    " FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::timestamptz[]) AS v(cid, uid, seq, at)"
-                    " WHERE p.conversation_id = v.cid AND p.user_id = v.uid AND p.{up_to} < v.seq",
-                    schema,
-                    up_to=f"{column}_up_to",
-                    at=f"last_{column}_at",
-                ),
-                _columns([[cid, user, seq, at] for (cid, user), (seq, at, _) in marks.items()], 4),
-            )
     cursor.execute(_statement("UPDATE {s}.tracking SET position = %s WHERE name = 'postgres'", schema), (changes.position,))
 
 
@@ -271,6 +276,10 @@ def _copy_statement(schema: str, table: str, columns: tuple[str, ...]) -> bytes:
         .format(s=sql.Identifier(schema), t=sql.Identifier(table), c=sql.SQL(", ").join(map(sql.Identifier, columns)))
         .as_bytes(None)
     )
+
+
+def _mark(mark: tuple[int, datetime, int] | None) -> tuple[int | None, datetime | None]:
+    return (mark[0], mark[1]) if mark is not None else (None, None)
 
 
 def _columns(rows: list[list[Any]], width: int) -> list[list[Any]]:

@@ -16,12 +16,12 @@ Keys (seed names kept):
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
-from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis
+import redis.exceptions
 from psycopg import Cursor
 
 from projections.postgres_projector import ReadModelChanges
@@ -55,6 +55,15 @@ def last_message_key(conversation_id: Any) -> str:
     return f"conversation:last_message:{conversation_id}"
 
 
+@dataclass
+class DerivedValues:
+    """What a batch changed in Redis, read from Postgres; written by `RedisCounters.write`."""
+
+    unread: dict[str, dict[str, int]]  # user -> conversation -> unread (non-zero only)
+    last_messages: dict[str, str | None]  # conversation -> inbox JSON (None: no message left)
+    position: int
+
+
 class RedisCounters:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -68,19 +77,31 @@ class RedisCounters:
     def refresh(self, cursor: Cursor[Any], changes: ReadModelChanges) -> dict[str, int]:
         """Recompute every value the batch may have changed, from the committed read model;
         returns the new unread total of every user it recomputed (the relay pushes them)."""
+        return self.write(self.read(cursor, changes))
+
+    def read(self, cursor: Cursor[Any], changes: ReadModelChanges) -> DerivedValues:
+        """The values the batch may have changed, as the read model holds them (the runner
+        calls this inside the batch's own transaction, after `apply`: one transaction)."""
         users = {user for _, user in changes.unread_users}
-        if changes.unread_conversations:
-            cursor.execute(
-                "SELECT DISTINCT user_id FROM read.conversation_participants"
-                " WHERE conversation_id = ANY(%s) AND is_active",
-                (list(changes.unread_conversations),),
-            )
-            users.update(row[0] for row in cursor.fetchall())
+        conversations = list(changes.unread_conversations)
+        return DerivedValues(
+            unread=self._read_unread(cursor, sorted(users), conversations),
+            last_messages=self._read_last_messages(cursor, list(changes.last_message_conversations)),
+            position=changes.position,
+        )
+
+    def write(self, values: DerivedValues) -> dict[str, int]:
+        """Write the values and advance the position, in one round trip; returns unread totals."""
         pipe = self.client.pipeline(transaction=False)
-        totals = self._write_unread(cursor, pipe, sorted(users))
-        self._write_last_messages(cursor, pipe, list(changes.last_message_conversations))
-        pipe.execute()
-        if self._advance(keys=[POSITION_KEY], args=[changes.position]) == -1:
+        totals = _queue_unread(pipe, values.unread)
+        _queue_last_messages(pipe, values.last_messages)
+        pipe.evalsha(self._advance.sha, 1, POSITION_KEY, values.position)
+        try:
+            replies = pipe.execute()
+        except redis.exceptions.NoScriptError:  # Redis restarted (scripts are not persisted)
+            self.client.script_load(_ADVANCE_POSITION)
+            replies = pipe.execute()
+        if replies[-1] == -1:
             raise RedisLostError("the Redis projection's position is gone")
         return totals
 
@@ -92,63 +113,75 @@ class RedisCounters:
         conversations = [row[0] for row in cursor.fetchall()]
         for start in range(0, max(len(users), len(conversations)), REBUILD_CHUNK):
             pipe = self.client.pipeline(transaction=False)
-            self._write_unread(cursor, pipe, users[start : start + REBUILD_CHUNK])
-            self._write_last_messages(cursor, pipe, conversations[start : start + REBUILD_CHUNK])
+            _queue_unread(pipe, self._read_unread(cursor, users[start : start + REBUILD_CHUNK], []))
+            _queue_last_messages(pipe, self._read_last_messages(cursor, conversations[start : start + REBUILD_CHUNK]))
             pipe.execute()
         self.client.set(POSITION_KEY, position)
 
     # ---- values -------------------------------------------------------------------------------
 
-    def _write_unread(self, cursor: Cursor[Any], pipe: Any, users: list[str]) -> dict[str, int]:
-        if not users:
+    @staticmethod
+    def _read_unread(cursor: Cursor[Any], users: list[str], conversations: list[Any]) -> dict[str, dict[str, int]]:
+        """Per user, the unread count of each conversation: `users`, and every active member of
+        `conversations` (a new message there changed their counts), in one statement."""
+        if not users and not conversations:
             return {}
         cursor.execute(
             "SELECT p.user_id, p.conversation_id, greatest(c.last_seq - p.read_up_to, 0)"
             " FROM read.conversation_participants p JOIN read.conversations c ON c.id = p.conversation_id"
-            " WHERE p.user_id = ANY(%s) AND p.is_active",
-            (users,),
+            " WHERE p.is_active AND p.user_id IN (SELECT unnest(%s::text[]) UNION"
+            "  SELECT user_id FROM read.conversation_participants WHERE conversation_id = ANY(%s) AND is_active)",
+            (users, conversations),
         )
-        per_user: dict[str, dict[str, int]] = defaultdict(dict)
+        per_user: dict[str, dict[str, int]] = {user: {} for user in users}
         for user, conversation_id, unread in cursor.fetchall():
+            counts = per_user.setdefault(user, {})
             if unread:
-                per_user[user][str(conversation_id)] = int(unread)
-        totals: dict[str, int] = {}
-        for user in users:
-            counts = per_user.get(user, {})
-            totals[user] = sum(counts.values())
-            pipe.set(unread_total_key(user), totals[user])
-            pipe.delete(unread_by_conversation_key(user))
-            if counts:
-                pipe.hset(unread_by_conversation_key(user), mapping=counts)
-        return totals
+                counts[str(conversation_id)] = int(unread)
+        return per_user
 
-    def _write_last_messages(self, cursor: Cursor[Any], pipe: Any, conversations: Iterable[Any]) -> None:
-        conversation_ids = list(conversations)
+    @staticmethod
+    def _read_last_messages(cursor: Cursor[Any], conversation_ids: list[Any]) -> dict[str, str | None]:
         if not conversation_ids:
-            return
+            return {}
         cursor.execute(
             "SELECT c.id, m.id, m.sender_id, m.content, m.message_type, m.seq, m.created_at, m.edited_at, m.deleted_at"
             " FROM read.conversations c LEFT JOIN read.messages m ON m.id = c.last_message_id"
             " WHERE c.id = ANY(%s)",
             (conversation_ids,),
         )
+        inbox: dict[str, str | None] = {}
         for conversation_id, message_id, sender, content, message_type, seq, created, edited, deleted in cursor.fetchall():
-            if message_id is None:
-                pipe.delete(last_message_key(conversation_id))
-                continue
-            pipe.set(
-                last_message_key(conversation_id),
-                json.dumps(
-                    {
-                        "id": str(message_id),
-                        "conversationId": str(conversation_id),
-                        "senderId": sender,
-                        "content": content,
-                        "messageType": message_type,
-                        "seq": seq,
-                        "createdAt": created.isoformat(),
-                        "editedAt": edited.isoformat() if edited else None,
-                        "deletedAt": deleted.isoformat() if deleted else None,
-                    }
-                ),
-            )
+            inbox[str(conversation_id)] = None if message_id is None else orjson.dumps(
+                {
+                    "id": str(message_id),
+                    "conversationId": str(conversation_id),
+                    "senderId": sender,
+                    "content": content,
+                    "messageType": message_type,
+                    "seq": seq,
+                    "createdAt": created.isoformat(),
+                    "editedAt": edited.isoformat() if edited else None,
+                    "deletedAt": deleted.isoformat() if deleted else None,
+                }
+            ).decode()
+        return inbox
+
+
+def _queue_unread(pipe: Any, unread: dict[str, dict[str, int]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for user, counts in unread.items():
+        totals[user] = sum(counts.values())
+        pipe.set(unread_total_key(user), totals[user])
+        pipe.delete(unread_by_conversation_key(user))
+        if counts:
+            pipe.hset(unread_by_conversation_key(user), mapping=counts)
+    return totals
+
+
+def _queue_last_messages(pipe: Any, last_messages: dict[str, str | None]) -> None:
+    for conversation_id, inbox_json in last_messages.items():
+        if inbox_json is None:
+            pipe.delete(last_message_key(conversation_id))
+        else:
+            pipe.set(last_message_key(conversation_id), inbox_json)

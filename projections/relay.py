@@ -76,9 +76,16 @@ class Relay:
         raw = self.client.get(RELAY_POSITION_KEY)
         return int(raw) if raw is not None else 0
 
-    def publish(self, cursor: Cursor[Any], events: list[tuple[int, Any]], unread_totals: dict[str, int]) -> int:
-        """Publish a committed batch; returns how many envelopes went out."""
-        changed_messages = self._changed_messages(cursor, events)
+    def publish(
+        self,
+        events: list[tuple[int, Any]],
+        unread_totals: dict[str, int],
+        changed_messages: dict[UUID, dict[str, Any]] | None = None,
+    ) -> int:
+        """Publish a committed batch; returns how many envelopes went out. `changed_messages`
+        (from `changed_messages`, read in the batch's transaction) gives edits and deletions
+        their message as it now stands."""
+        changed_messages = changed_messages or {}
         typing_lists = iter(self._apply_typing(events))
         pipe = self.client.pipeline(transaction=False)
         count = 0
@@ -154,7 +161,7 @@ class Relay:
             yield user_channel(e.user_id), _membership(cid, e.user_id, False, position)
 
     @staticmethod
-    def _changed_messages(cursor: Cursor[Any], events: list[tuple[int, Any]]) -> dict[UUID, dict[str, Any]]:
+    def changed_messages(cursor: Cursor[Any], events: list[tuple[int, Any]]) -> dict[UUID, dict[str, Any]]:
         """Edited or deleted messages as they now stand in the (just committed) read model."""
         ids = [e.message_id for _, e in events if isinstance(e, (Conversation.MessageEdited, Conversation.MessageDeleted))]
         if not ids:

@@ -8,7 +8,8 @@ is where this runner expects, so two runners can never apply the same events twi
 
 The loop: read up to `BATCH_SIZE` events after the tracked position, fold them, apply them and
 advance tracking in one transaction that also NOTIFYs the new position (delivered on commit,
-which is what read-your-writes waits for), then refresh Redis. When caught up, it sleeps in
+which is what read-your-writes waits for) and reads the values Redis and the live relay need;
+after the commit, write Redis and publish. When caught up, it sleeps in
 LISTEN on the event store's channel, so a new event is projected within milliseconds.
 """
 
@@ -24,7 +25,7 @@ import psycopg
 
 from projections.ports import EventLog
 from projections.postgres_projector import TrackingConflictError, apply, fold
-from projections.redis_counters import RedisCounters
+from projections.redis_counters import DerivedValues, RedisCounters
 from projections.relay import Relay
 from projections.schema import PROJECTOR_LOCK_KEY, ensure_read_model, generation_schema, live_generation
 
@@ -168,31 +169,40 @@ class ProjectionRunner:
         return self.status.position
 
     def _project(self, work: psycopg.Connection[Any], batch: list[tuple[int, Any]], position: int) -> int:
+        """One transaction per batch: apply, then read (in the same transaction) what Redis and
+        the relay need; after the commit, write Redis and publish. Reading inside the batch's own
+        transaction sees exactly what its commit will make visible: this runner is the read
+        model's only writer (the tracking row's lock makes it so)."""
         changes = fold(batch)
+        relay_on = self.relay is not None and not self._relay_behind and not self._redis_behind
+        derived: DerivedValues | None = None
+        changed_messages: dict[Any, dict[str, Any]] = {}
         with work.transaction(), work.cursor() as cursor:
             # Shared lock on the pointer: a replay's switch waits for this batch, and vice versa.
             generation = live_generation(cursor, lock="SHARE")
             assert generation is not None
             apply(cursor, generation_schema(generation), changes, position)
             cursor.execute("SELECT pg_notify(%s, %s)", (POSITION_CHANNEL, str(changes.position)))
+            if self.counters is not None and not self._redis_behind:
+                derived = self.counters.read(cursor, changes)
+            if relay_on:
+                changed_messages = Relay.changed_messages(cursor, batch)
         self.status.position = changes.position
         self.status.batches += 1
         self.status.events += len(batch)
         totals: dict[str, int] = {}
-        if self.counters is not None and not self._redis_behind:
+        if self.counters is not None and derived is not None:
             try:
-                with work.transaction(), work.cursor() as cursor:
-                    totals = self.counters.refresh(cursor, changes)
+                totals = self.counters.write(derived)
                 self.status.redis_position = changes.position
             except Exception as error:  # Redis down: Postgres goes on; Redis catches up later
                 self._redis_behind = True
                 self._relay_behind = True  # this batch will not be published below: republish it later
                 self.status.last_error = f"redis: {error}"
                 log.warning("Redis projection refresh failed: %s", error)
-        if self.relay is not None and not self._relay_behind and not self._redis_behind:
+        if self.relay is not None and relay_on and not self._redis_behind:
             try:
-                with work.transaction(), work.cursor() as cursor:
-                    self.relay.publish(cursor, batch, totals)
+                self.relay.publish(batch, totals, changed_messages)
             except Exception as error:
                 self._relay_behind = True
                 log.warning("live relay failed: %s", error)
@@ -210,7 +220,8 @@ class ProjectionRunner:
                 if not page:
                     break
                 with work.transaction(), work.cursor() as cursor:
-                    self.relay.publish(cursor, page, {})
+                    changed_messages = Relay.changed_messages(cursor, page)
+                self.relay.publish(page, {}, changed_messages)
                 after = page[-1][0]
             self._relay_behind = False
         except Exception as error:

@@ -21,7 +21,7 @@ def published_frames(redis_url: str, channel: str, events: list[tuple[int, Any]]
     subscriber.subscribe(channel)
     subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)  # the subscribe confirmation
     try:
-        count = Relay(client).publish(cursor=None, events=events, unread_totals={})  # type: ignore[arg-type]
+        count = Relay(client).publish(events, unread_totals={})
         frames = []
         while len(frames) < count:
             message = subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)
