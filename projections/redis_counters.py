@@ -24,7 +24,9 @@ import redis
 import redis.exceptions
 from psycopg import Cursor
 
+from projections import redis_batch
 from projections.postgres_projector import ReadModelChanges
+from projections.redis_batch import Arg, Command
 
 POSITION_KEY = "projection:redis:position"
 REBUILD_CHUNK = 1000  # users (or conversations) per query and pipeline during a full rebuild
@@ -92,15 +94,15 @@ class RedisCounters:
 
     def write(self, values: DerivedValues) -> dict[str, int]:
         """Write the values and advance the position, in one round trip; returns unread totals."""
-        pipe = self.client.pipeline(transaction=False)
-        totals = _queue_unread(pipe, values.unread)
-        _queue_last_messages(pipe, values.last_messages)
-        pipe.evalsha(self._advance.sha, 1, POSITION_KEY, values.position)
+        commands: list[Command] = []
+        totals = _unread_commands(commands, values.unread)
+        _last_message_commands(commands, values.last_messages)
+        commands.append(("EVALSHA", self._advance.sha, 1, POSITION_KEY, values.position))
         try:
-            replies = pipe.execute()
+            replies = redis_batch.execute(self.client, commands)
         except redis.exceptions.NoScriptError:  # Redis restarted (scripts are not persisted)
             self.client.script_load(_ADVANCE_POSITION)
-            replies = pipe.execute()
+            replies = redis_batch.execute(self.client, commands)
         if replies[-1] == -1:
             raise RedisLostError("the Redis projection's position is gone")
         return totals
@@ -112,10 +114,10 @@ class RedisCounters:
         cursor.execute("SELECT id FROM read.conversations ORDER BY id")
         conversations = [row[0] for row in cursor.fetchall()]
         for start in range(0, max(len(users), len(conversations)), REBUILD_CHUNK):
-            pipe = self.client.pipeline(transaction=False)
-            _queue_unread(pipe, self._read_unread(cursor, users[start : start + REBUILD_CHUNK], []))
-            _queue_last_messages(pipe, self._read_last_messages(cursor, conversations[start : start + REBUILD_CHUNK]))
-            pipe.execute()
+            commands: list[Command] = []
+            _unread_commands(commands, self._read_unread(cursor, users[start : start + REBUILD_CHUNK], []))
+            _last_message_commands(commands, self._read_last_messages(cursor, conversations[start : start + REBUILD_CHUNK]))
+            redis_batch.execute(self.client, commands)
         self.client.set(POSITION_KEY, position)
 
     # ---- values -------------------------------------------------------------------------------
@@ -168,20 +170,24 @@ class RedisCounters:
         return inbox
 
 
-def _queue_unread(pipe: Any, unread: dict[str, dict[str, int]]) -> dict[str, int]:
+def _unread_commands(commands: list[Command], unread: dict[str, dict[str, int]]) -> dict[str, int]:
     totals: dict[str, int] = {}
     for user, counts in unread.items():
         totals[user] = sum(counts.values())
-        pipe.set(unread_total_key(user), totals[user])
-        pipe.delete(unread_by_conversation_key(user))
+        commands.append(("SET", unread_total_key(user), totals[user]))
+        commands.append(("DEL", unread_by_conversation_key(user)))
         if counts:
-            pipe.hset(unread_by_conversation_key(user), mapping=counts)
+            commands.append(("HSET", unread_by_conversation_key(user), *_flatten(counts)))
     return totals
 
 
-def _queue_last_messages(pipe: Any, last_messages: dict[str, str | None]) -> None:
+def _last_message_commands(commands: list[Command], last_messages: dict[str, str | None]) -> None:
     for conversation_id, inbox_json in last_messages.items():
         if inbox_json is None:
-            pipe.delete(last_message_key(conversation_id))
+            commands.append(("DEL", last_message_key(conversation_id)))
         else:
-            pipe.set(last_message_key(conversation_id), inbox_json)
+            commands.append(("SET", last_message_key(conversation_id), inbox_json))
+
+
+def _flatten(counts: dict[str, int]) -> list[Arg]:
+    return [item for pair in counts.items() for item in pair]

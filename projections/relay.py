@@ -26,6 +26,8 @@ import redis
 from psycopg import Cursor
 
 from domain.conversation import Conversation
+from projections import redis_batch
+from projections.redis_batch import Command
 
 RELAY_POSITION_KEY = "projection:relay:position"
 TYPING_KEY = "conversation:typing:{}"  # the seed's set of users typing in a conversation
@@ -76,30 +78,33 @@ class Relay:
         raw = self.client.get(RELAY_POSITION_KEY)
         return int(raw) if raw is not None else 0
 
-    def publish(
-        self,
-        events: list[tuple[int, Any]],
-        unread_totals: dict[str, int],
-        changed_messages: dict[UUID, dict[str, Any]] | None = None,
-    ) -> int:
-        """Publish a committed batch; returns how many envelopes went out. `changed_messages`
-        (from `changed_messages`, read in the batch's transaction) gives edits and deletions
-        their message as it now stands."""
+    def publish(self, events: list[tuple[int, Any]], changed_messages: dict[UUID, dict[str, Any]] | None = None) -> int:
+        """Publish a committed batch, in one round trip after the typing changes; returns how many
+        envelopes went out. `changed_messages` (from `changed_messages`, read in the batch's
+        transaction) gives edits and deletions their message as it now stands."""
         changed_messages = changed_messages or {}
         typing_lists = iter(self._apply_typing(events))
-        pipe = self.client.pipeline(transaction=False)
-        count = 0
-        for position, event in events:
-            for channel, envelope in self._envelopes(position, event, changed_messages, typing_lists):
-                pipe.publish(channel, envelope)
-                count += 1
-        for user, total in unread_totals.items():
-            pipe.publish(user_channel(user), _envelope("user", None, frame("unread_count", {"count": total})))
-            count += 1
+        commands: list[Command] = [
+            ("PUBLISH", channel, envelope)
+            for position, event in events
+            for channel, envelope in self._envelopes(position, event, changed_messages, typing_lists)
+        ]
+        count = len(commands)
         if events:
-            pipe.set(RELAY_POSITION_KEY, events[-1][0])
-        pipe.execute()
+            commands.append(("SET", RELAY_POSITION_KEY, events[-1][0]))
+        redis_batch.execute(self.client, commands)
         return count
+
+    def publish_unread(self, unread_totals: dict[str, int]) -> None:
+        """Each user's new unread total, to their devices (after the batch's messages: a
+        message to a large group changes a count per member, and the message comes first)."""
+        redis_batch.execute(
+            self.client,
+            [
+                ("PUBLISH", user_channel(user), _envelope("user", None, frame("unread_count", {"count": total})))
+                for user, total in unread_totals.items()
+            ],
+        )
 
     # ---- envelopes per event --------------------------------------------------------------
 

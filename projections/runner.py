@@ -9,7 +9,7 @@ is where this runner expects, so two runners can never apply the same events twi
 The loop: read up to `BATCH_SIZE` events after the tracked position, fold them, apply them and
 advance tracking in one transaction that also NOTIFYs the new position (delivered on commit,
 which is what read-your-writes waits for) and reads the values Redis and the live relay need;
-after the commit, write Redis and publish. When caught up, it sleeps in
+after the commit, publish the live frames, then write Redis and push the new unread counts. When caught up, it sleeps in
 LISTEN on the event store's channel, so a new event is projected within milliseconds.
 """
 
@@ -170,9 +170,10 @@ class ProjectionRunner:
 
     def _project(self, work: psycopg.Connection[Any], batch: list[tuple[int, Any]], position: int) -> int:
         """One transaction per batch: apply, then read (in the same transaction) what Redis and
-        the relay need; after the commit, write Redis and publish. Reading inside the batch's own
-        transaction sees exactly what its commit will make visible: this runner is the read
-        model's only writer (the tracking row's lock makes it so)."""
+        the relay need; after the commit, publish the live frames, write Redis, and push the new
+        unread counts. Reading inside the batch's own transaction sees exactly what its commit
+        will make visible: this runner is the read model's only writer (the tracking row's lock
+        makes it so)."""
         changes = fold(batch)
         relay_on = self.relay is not None and not self._relay_behind and not self._redis_behind
         derived: DerivedValues | None = None
@@ -190,22 +191,30 @@ class ProjectionRunner:
         self.status.position = changes.position
         self.status.batches += 1
         self.status.events += len(batch)
-        totals: dict[str, int] = {}
+        # Live frames first: a message to a large group changes an unread count per member, and
+        # its members should not wait for those to see the message itself.
+        if self.relay is not None and relay_on:
+            try:
+                self.relay.publish(batch, changed_messages)
+            except Exception as error:
+                self._relay_behind = True
+                log.warning("live relay failed: %s", error)
         if self.counters is not None and derived is not None:
             try:
                 totals = self.counters.write(derived)
                 self.status.redis_position = changes.position
             except Exception as error:  # Redis down: Postgres goes on; Redis catches up later
                 self._redis_behind = True
-                self._relay_behind = True  # this batch will not be published below: republish it later
+                self._relay_behind = True  # the relay resumes from its own position once Redis is back
                 self.status.last_error = f"redis: {error}"
                 log.warning("Redis projection refresh failed: %s", error)
-        if self.relay is not None and relay_on and not self._redis_behind:
-            try:
-                self.relay.publish(batch, totals, changed_messages)
-            except Exception as error:
-                self._relay_behind = True
-                log.warning("live relay failed: %s", error)
+            else:
+                if self.relay is not None and relay_on and not self._relay_behind:
+                    try:
+                        self.relay.publish_unread(totals)
+                    except Exception as error:
+                        self._relay_behind = True
+                        log.warning("live relay failed: %s", error)
         return changes.position
 
     def _republish(self, work: psycopg.Connection[Any], position: int) -> None:
@@ -221,7 +230,7 @@ class ProjectionRunner:
                     break
                 with work.transaction(), work.cursor() as cursor:
                     changed_messages = Relay.changed_messages(cursor, page)
-                self.relay.publish(page, {}, changed_messages)
+                self.relay.publish(page, changed_messages)
                 after = page[-1][0]
             self._relay_behind = False
         except Exception as error:

@@ -11,11 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from infrastructure.redis_mux import RedisMux, encode_command
-
-
-def test_a_command_is_encoded_as_a_resp_array_of_bulk_strings() -> None:
-    assert encode_command(("SET", "k", b"v", 3, 1.5)) == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$1\r\n3\r\n$3\r\n1.5\r\n"
+from infrastructure.redis_mux import RedisMux
 
 
 def test_thousands_of_concurrent_calls_each_get_their_own_reply(redis_url: str) -> None:

@@ -21,7 +21,7 @@ def published_frames(redis_url: str, channel: str, events: list[tuple[int, Any]]
     subscriber.subscribe(channel)
     subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)  # the subscribe confirmation
     try:
-        count = Relay(client).publish(events, unread_totals={})
+        count = Relay(client).publish(events)
         frames = []
         while len(frames) < count:
             message = subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)
