@@ -9,7 +9,8 @@ is where this runner expects, so two runners can never apply the same events twi
 The loop: read up to `BATCH_SIZE` events after the tracked position, fold them, apply them and
 advance tracking in one transaction that also NOTIFYs the new position (delivered on commit,
 which is what read-your-writes waits for) and reads the values Redis and the live relay need;
-after the commit, publish the live frames, then write Redis and push the new unread counts. When caught up, it sleeps in
+after the commit, publish the live frames, then write Redis and queue the new unread counts
+(pushed at most every `unread_pushes.PUSH_EVERY_S`). When caught up, it sleeps in
 LISTEN on the event store's channel, so a new event is projected within milliseconds.
 """
 
@@ -28,6 +29,7 @@ from projections.postgres_projector import TrackingConflictError, apply, fold
 from projections.redis_counters import DerivedValues, RedisCounters
 from projections.relay import Relay
 from projections.schema import PROJECTOR_LOCK_KEY, ensure_read_model, generation_schema, live_generation
+from projections.unread_pushes import UnreadPushes
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ class ProjectionRunner:
         self._redis_behind = False  # a refresh failed: catch up from Redis's own position
         self._next_redis_try = 0.0
         self._relay_behind = True  # until checked at start: republish what a crash left unsent
+        self._unread_pushes = UnreadPushes(relay.publish_unread) if relay is not None else None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -136,11 +139,13 @@ class ProjectionRunner:
                     self._retry_redis(work, position)
                 if self._relay_behind and not self._redis_behind:
                     self._republish(work, position)
+                push_due_in = self._push_unread()
                 batch = self.event_log.read_log(position, self.batch_size)
                 self.status.head = max(self.status.head, batch[-1][0] if batch else position)
                 if not batch:
                     self.status.head = self.event_log.log_head()
-                    for _ in control.notifies(timeout=IDLE_WAIT_S, stop_after=1):
+                    wait = IDLE_WAIT_S if push_due_in is None else min(IDLE_WAIT_S, push_due_in)
+                    for _ in control.notifies(timeout=wait, stop_after=1):
                         pass
                     continue
                 try:
@@ -209,13 +214,23 @@ class ProjectionRunner:
                 self.status.last_error = f"redis: {error}"
                 log.warning("Redis projection refresh failed: %s", error)
             else:
-                if self.relay is not None and relay_on and not self._relay_behind:
-                    try:
-                        self.relay.publish_unread(totals)
-                    except Exception as error:
-                        self._relay_behind = True
-                        log.warning("live relay failed: %s", error)
+                if self._unread_pushes is not None and relay_on and not self._relay_behind:
+                    self._unread_pushes.add(totals)
         return changes.position
+
+    def _push_unread(self) -> float | None:
+        """Push the pending unread totals if their interval allows; the seconds until it does."""
+        if self._unread_pushes is None:
+            return None
+        if self._relay_behind:
+            self._unread_pushes.discard()
+            return None
+        try:
+            return self._unread_pushes.flush()
+        except Exception as error:
+            self._relay_behind = True
+            log.warning("live relay failed: %s", error)
+            return None
 
     def _republish(self, work: psycopg.Connection[Any], position: int) -> None:
         """Publish what the relay missed (a crash after commit, or Redis down)."""

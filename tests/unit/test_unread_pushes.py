@@ -1,0 +1,81 @@
+"""Unread-count pushes are coalesced per interval, latest total per user, first one at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from projections.unread_pushes import UnreadPushes
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def test_the_first_change_after_a_quiet_interval_is_pushed_at_once(clock: Clock) -> None:
+    pushed: list[dict[str, int]] = []
+    pushes = UnreadPushes(pushed.append, every_s=0.2, clock=clock)
+
+    pushes.add({"alice": 1})
+
+    assert pushes.flush() is None
+    assert pushed == [{"alice": 1}]
+
+
+def test_changes_within_the_interval_go_out_together_with_each_users_latest_total(clock: Clock) -> None:
+    pushed: list[dict[str, int]] = []
+    pushes = UnreadPushes(pushed.append, every_s=0.25, clock=clock)  # binary fractions: exact sums
+    pushes.add({"alice": 1})
+    pushes.flush()
+
+    clock.now += 0.0625
+    pushes.add({"alice": 2, "bob": 1})
+    clock.now += 0.0625
+    pushes.add({"alice": 3})
+
+    assert pushes.flush() == 0.125
+    assert pushed == [{"alice": 1}]
+    clock.now += 0.125
+    assert pushes.flush() is None
+    assert pushed == [{"alice": 1}, {"alice": 3, "bob": 1}]
+
+
+def test_nothing_pending_means_nothing_is_due(clock: Clock) -> None:
+    pushes = UnreadPushes(lambda totals: None, clock=clock)
+
+    assert pushes.flush() is None
+
+
+def test_a_failed_publish_keeps_the_totals_for_the_next_try(clock: Clock) -> None:
+    attempts: list[dict[str, int]] = []
+
+    def publish(totals: dict[str, int]) -> None:
+        attempts.append(dict(totals))
+        if len(attempts) == 1:
+            raise ConnectionError("redis is down")
+
+    pushes = UnreadPushes(publish, clock=clock)
+    pushes.add({"alice": 1})
+    with pytest.raises(ConnectionError):
+        pushes.flush()
+
+    assert pushes.flush() is None
+    assert attempts == [{"alice": 1}, {"alice": 1}]
+
+
+def test_discarded_totals_are_never_pushed(clock: Clock) -> None:
+    pushed: list[dict[str, int]] = []
+    pushes = UnreadPushes(pushed.append, clock=clock)
+    pushes.add({"alice": 1})
+
+    pushes.discard()
+
+    assert pushes.flush() is None and pushed == []
