@@ -20,6 +20,7 @@ from interfaces.http.health import health_endpoint
 from interfaces.runtime import Runtime
 from interfaces.socket_io.gateway import with_socket_io
 from interfaces.ws.endpoint import ws_endpoint
+from interfaces.ws.wire import keep_raw_send
 
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
@@ -55,4 +56,4 @@ def build_http_app(runtime: Runtime, lifespan: Lifespan) -> Any:
         Route("/graphql", graphiql_endpoint(enabled=runtime.is_development), methods=["GET"]),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=app_lifespan)
-    return with_socket_io(app, runtime, cors_origin=runtime.cors_origin)
+    return keep_raw_send(with_socket_io(app, runtime, cors_origin=runtime.cors_origin))
