@@ -30,8 +30,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from scripts.bench.ledger import (
     NS_PER_MS,
@@ -43,6 +41,7 @@ from scripts.bench.ledger import (
     still_missing,
     verdict,
 )
+from scripts.bench.socket_client import BenchSocket, SocketClosed, connect
 
 COUNTER_NAMES = ("connected", "sent", "acked", "errors", "delivered", "typing")
 CONNECT_CONCURRENCY = 50  # handshakes in flight per worker: each one costs the server a query and SUBSCRIBEs
@@ -175,7 +174,7 @@ class Worker:
                     self._on_message(device, frame.get("data") or {})
                 elif event == "ack" or event == "error":
                     self._on_reply(frame, event)
-        except ConnectionClosed:
+        except SocketClosed:
             pass
         except Exception as error:  # a frame this client cannot read ends this client only
             reason = f"client {type(error).__name__}"
@@ -272,7 +271,7 @@ class Worker:
         step.outstanding += 1
         try:
             await device.ws.send(text)
-        except ConnectionClosed:
+        except SocketClosed:
             self.pending.pop(request, None)
             step.outstanding -= 1
             step.errors["socket closed"] += 1
@@ -322,7 +321,7 @@ class Worker:
                 await device.ws.send(frame)
                 self.totals["typing"] += 1
                 await asyncio.sleep(max(0.0, every - (time.monotonic() - began)))
-        except ConnectionClosed:
+        except SocketClosed:
             return
 
     # ---- heartbeat: every idle socket still answers ---------------------------------------------
@@ -340,7 +339,7 @@ class Worker:
             try:
                 await device.ws.send(orjson.dumps({"event": "heartbeat", "id": request, "data": {}}).decode())
                 answered = await asyncio.wait_for(waiter, HEARTBEAT_TIMEOUT_S)
-            except (ConnectionClosed, asyncio.TimeoutError):
+            except (SocketClosed, asyncio.TimeoutError):
                 return
             finally:
                 self.heartbeats.pop(request, None)
@@ -350,17 +349,12 @@ class Worker:
         return {"alive": len(samples), "heartbeat_ms": samples.tobytes(), "disconnects": dict(self.disconnects)}
 
 
-async def _open(url: str) -> ClientConnection:
+async def _open(url: str) -> BenchSocket:
     """Open one /ws client and wait for the server's `connected` frame (sent after the device is
     registered and subscribed, so nothing published afterwards can miss it)."""
-    ws = await connect(
-        url,
-        open_timeout=OPEN_TIMEOUT_S,
-        close_timeout=CLOSE_TIMEOUT_S,
-        max_size=MAX_FRAME_BYTES,
-        compression=None,  # the server's default (permessage-deflate off): measure that path
-        ping_interval=None,  # a late pong on a saturated box must not close a bench socket
-    )
+    # No extensions offered (the server's default, permessage-deflate off: measure that path),
+    # and no pings of its own (a late pong on a saturated box must not close a bench socket).
+    ws = await connect(url, open_timeout=OPEN_TIMEOUT_S, max_size=MAX_FRAME_BYTES)
     try:
         while True:  # bounded by the caller's OPEN_TIMEOUT_S
             frame = orjson.loads(await ws.recv())

@@ -29,7 +29,7 @@ class Device:
     """One socket of one user (the bench gives each user one device)."""
 
     user: str
-    ws: Any  # websockets ClientConnection
+    ws: Any  # a socket_client.BenchSocket
     conversations: frozenset[str]
     last_seq: dict[str, int] = field(default_factory=dict)  # per conversation, highest seq received
     received: dict[str, int] = field(default_factory=dict)  # message id -> receipt time, this step
