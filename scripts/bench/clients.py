@@ -138,7 +138,7 @@ class Worker:
                 connect_ms.append((time.monotonic_ns() - began) / NS_PER_MS)
                 self.totals["connected"] += 1
                 device = Device(user, ws, frozenset(conversations))
-                device.reader = asyncio.create_task(self._read(device))
+                self._listen(device)
                 self.devices.append(device)
                 by_user[user] = device
 
@@ -157,30 +157,26 @@ class Worker:
         devices, self.devices = self.devices, []
         if devices:
             await asyncio.wait([asyncio.ensure_future(device.ws.close()) for device in devices], timeout=CLOSE_TIMEOUT_S)
-        for device in devices:
-            if device.reader is not None:
-                device.reader.cancel()
         return {"closed": len(devices)}
 
     # ---- reading ------------------------------------------------------------------------------
 
-    async def _read(self, device: Device) -> None:
-        reason = ""
-        try:
-            async for raw in device.ws:
-                frame = orjson.loads(raw)
-                event = frame.get("event")
-                if event == "message_received":
-                    self._on_message(device, frame.get("data") or {})
-                elif event == "ack" or event == "error":
-                    self._on_reply(frame, event)
-        except SocketClosed:
-            pass
-        except Exception as error:  # a frame this client cannot read ends this client only
-            reason = f"client {type(error).__name__}"
-        finally:
+    def _listen(self, device: Device) -> None:
+        """Read the device's frames as they arrive (callbacks: no task per socket or frame)."""
+
+        def on_message(raw: str | bytes) -> None:
+            frame = orjson.loads(raw)
+            event = frame.get("event")
+            if event == "message_received":
+                self._on_message(device, frame.get("data") or {})
+            elif event == "ack" or event == "error":
+                self._on_reply(frame, event)
+
+        def on_closed(code: int, reason: str) -> None:
             if not self.closing:
-                self.disconnects[reason or f"close code {device.ws.close_code}"] += 1
+                self.disconnects[reason or f"close code {code}"] += 1
+
+        device.ws.listen(on_message, on_closed)
 
     def _on_message(self, device: Device, data: dict[str, Any]) -> None:
         if record_delivery(self.step, device, data, time.monotonic_ns()):

@@ -34,7 +34,6 @@ class Device:
     last_seq: dict[str, int] = field(default_factory=dict)  # per conversation, highest seq received
     received: dict[str, int] = field(default_factory=dict)  # message id -> receipt time, this step
     previous: dict[str, int] = field(default_factory=dict)  # the step before: a late duplicate is still one
-    reader: asyncio.Task[None] | None = None
 
     def new_step(self) -> None:
         self.previous, self.received = self.received, {}

@@ -19,6 +19,7 @@ import collections
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from websockets.speedups import apply_mask  # type: ignore[attr-defined]
@@ -72,6 +73,8 @@ class BenchSocket(asyncio.Protocol):
         self._closed = asyncio.get_running_loop().create_future()
         self._writable = asyncio.Event()
         self._writable.set()
+        self._on_message: Callable[[str | bytes], None] | None = None
+        self._on_closed: Callable[[int, str], None] | None = None
 
     # ---- the application's side ------------------------------------------------------------
 
@@ -99,6 +102,17 @@ class BenchSocket(asyncio.Protocol):
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         return self._messages.popleft()
+
+    def listen(self, on_message: Callable[[str | bytes], None], on_closed: Callable[[int, str], None]) -> None:
+        """From now on, hand each message to `on_message` as it is parsed (no task wakes up per
+        frame: a quarter of a worker's time in a group run) and the end of the connection to
+        `on_closed(code, reason)`, once. A message `on_message` cannot take (it raises) ends
+        this connection with the exception's name as the reason."""
+        self._on_message, self._on_closed = on_message, on_closed
+        while self._messages and self._on_message is not None:
+            self._hand_over(self._messages.popleft())
+        if self.close_code is not None:
+            self._report_closed("")
 
     def __aiter__(self) -> BenchSocket:
         return self
@@ -223,16 +237,35 @@ class BenchSocket(asyncio.Protocol):
             raise ProtocolViolation(f"unknown opcode {opcode}")
 
     def _deliver(self, message: str | bytes) -> None:
+        if self._on_message is not None:
+            self._hand_over(message)
+            return
         self._messages.append(message)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def _end(self, code: int) -> None:
+    def _hand_over(self, message: str | bytes) -> None:
+        assert self._on_message is not None
+        try:
+            self._on_message(message)
+        except Exception as error:  # this client cannot read it: it ends, and says why
+            self._on_message = None
+            self._end(ABNORMAL, f"client {type(error).__name__}")
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _end(self, code: int, reason: str = "") -> None:
         if self.close_code is None:
             self.close_code = code
+            self._report_closed(reason)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         self._writable.set()  # a sender waiting on flow control finds the socket closed
+
+    def _report_closed(self, reason: str) -> None:
+        on_closed, self._on_closed = self._on_closed, None
+        if on_closed is not None:
+            on_closed(self.close_code if self.close_code is not None else ABNORMAL, reason)
 
     def _send_frame(self, opcode: int, payload: bytes) -> None:
         size = len(payload)

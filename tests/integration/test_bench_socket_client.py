@@ -113,3 +113,44 @@ def test_a_refused_upgrade_fails_the_connect() -> None:
 
     with pytest.raises(ProtocolViolation):
         asyncio.run(run())
+
+
+def test_a_listener_gets_every_message_in_order_then_the_close_once() -> None:
+    async def run() -> tuple[list[str | bytes], list[tuple[int, str]]]:
+        received: list[str | bytes] = []
+        closed: list[tuple[int, str]] = []
+        async with serving(echo) as url:
+            client = await connect(url, open_timeout=5, max_size=MAX_SIZE)
+            await client.send("before listening")
+            await asyncio.sleep(0.2)  # the echo is queued until someone listens
+            client.listen(received.append, lambda code, reason: closed.append((code, reason)))
+            for n in range(100):
+                await client.send(str(n))
+            await client.send("bye")
+            async with asyncio.timeout(5):
+                while not closed:
+                    await asyncio.sleep(0.01)
+        return received, closed
+
+    received, closed = asyncio.run(run())
+
+    assert received == ["before listening", *map(str, range(100))]
+    assert closed == [(4001, "")]
+
+
+def test_a_listener_that_cannot_take_a_message_ends_the_connection_with_its_reason() -> None:
+    def refuse(message: str | bytes) -> None:
+        raise ValueError(message)
+
+    async def run() -> list[tuple[int, str]]:
+        closed: list[tuple[int, str]] = []
+        async with serving(echo) as url:
+            client = await connect(url, open_timeout=5, max_size=MAX_SIZE)
+            client.listen(refuse, lambda code, reason: closed.append((code, reason)))
+            await client.send("unreadable")
+            async with asyncio.timeout(5):
+                while not closed:
+                    await asyncio.sleep(0.01)
+        return closed
+
+    assert asyncio.run(run()) == [(1006, "client ValueError")]
