@@ -23,6 +23,7 @@ Guarantees kept:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import random
@@ -63,7 +64,9 @@ CONFLICT_BACKOFF_CAP_S = 0.25
 @dataclass
 class _Pending:
     command: Command
-    future: Future[CommandResult[Any]]
+    # An asyncio future when submitted from an event loop (settled on that loop, once per batch),
+    # a concurrent one from a plain thread.
+    future: asyncio.Future[CommandResult[Any]] | Future[CommandResult[Any]]
 
 
 @dataclass
@@ -104,6 +107,8 @@ class GroupCommitWriter:
         self._thread: threading.Thread | None = None
         self._running = False
         self._check_freshness_until = 0.0  # see FRESHNESS_CHECK_S
+        # Outcomes of this batch's asyncio futures, handed to their loop in one call at its end.
+        self._settlements: list[tuple[asyncio.Future[CommandResult[Any]], bool, Any]] = []
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -133,7 +138,19 @@ class GroupCommitWriter:
     # ---- submitting ----------------------------------------------------------------------
 
     def submit(self, command: Command) -> Future[CommandResult[Any]]:
+        """From a plain thread: a concurrent future."""
         future: Future[CommandResult[Any]] = Future()
+        if not self._running:
+            future.set_exception(WriterStoppedError("the writer is not running"))
+            return future
+        self._queue.put(_Pending(command, future))
+        return future
+
+    def submit_async(self, command: Command) -> asyncio.Future[CommandResult[Any]]:
+        """From an event loop: an asyncio future of that loop. The writer settles a batch's
+        futures with one `call_soon_threadsafe`; wrapping concurrent futures cost a lock, a
+        condition and a thread-safe call per command, a fifth of the loop at 550 msg/s."""
+        future: asyncio.Future[CommandResult[Any]] = asyncio.get_running_loop().create_future()
         if not self._running:
             future.set_exception(WriterStoppedError("the writer is not running"))
             return future
@@ -166,6 +183,7 @@ class GroupCommitWriter:
                 batch.append(item)
             if batch:
                 self._process(batch)
+                self._hand_over_settlements()
 
     def _process(self, batch: list[_Pending]) -> None:
         try:
@@ -179,7 +197,7 @@ class GroupCommitWriter:
         except Exception as error:  # the database is down, a bug...: fail this batch only
             log.exception("batch of %d failed", len(batch))
             for pending in batch:
-                _fail(pending, error)
+                self._fail(pending, error)
 
     def _commit_alone(self, pending: _Pending) -> None:
         for attempt in range(MAX_CONFLICT_RETRIES):
@@ -191,9 +209,9 @@ class GroupCommitWriter:
                 self.cache.evict([_conversation_of(pending.command)])
                 time.sleep(min(CONFLICT_BACKOFF_CAP_S, CONFLICT_BACKOFF_S * 2**attempt) * random.random())
             except Exception as error:
-                _fail(pending, error)
+                self._fail(pending, error)
                 return
-        _fail(pending, ConcurrencyConflictError("the conversation kept changing; try again"))
+        self._fail(pending, ConcurrencyConflictError("the conversation kept changing; try again"))
 
     def _commit(self, batch: list[_Pending]) -> None:
         """Decide every command of the batch, then save all their events in one transaction."""
@@ -226,9 +244,35 @@ class GroupCommitWriter:
         for pending, outcome in decided:
             own = [positions[id(event)] for event in outcome.events if id(event) in positions]
             position = max(own) if own else outcome.fixed_position
-            _resolve(pending, CommandResult(outcome.value, position))
+            self._resolve(pending, CommandResult(outcome.value, position))
         for pending, error in refused:
-            _fail(pending, error)
+            self._fail(pending, error)
+
+    # ---- settling futures ------------------------------------------------------------------
+
+    def _resolve(self, pending: _Pending, result: CommandResult[Any]) -> None:
+        self._settle(pending, True, result)
+
+    def _fail(self, pending: _Pending, error: BaseException) -> None:
+        self._settle(pending, False, error)
+
+    def _settle(self, pending: _Pending, ok: bool, value: Any) -> None:
+        future = pending.future
+        if isinstance(future, asyncio.Future):
+            self._settlements.append((future, ok, value))
+        else:
+            _settle_one(future, ok, value)
+
+    def _hand_over_settlements(self) -> None:
+        settlements, self._settlements = self._settlements, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for settlement in settlements:
+            by_loop.setdefault(settlement[0].get_loop(), []).append(settlement)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_on_loop, items)
+            except RuntimeError:  # the loop is closed: nobody awaits these any more
+                pass
 
     def _evict_stale(self, batch: list[_Pending]) -> None:
         cached = {
@@ -268,11 +312,15 @@ def _conversation_of(command: Command) -> Any:
     return getattr(command, "conversation_id", None)
 
 
-def _resolve(pending: _Pending, result: CommandResult[Any]) -> None:
-    if not pending.future.done():
-        pending.future.set_result(result)
+def _settle_on_loop(settlements: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in settlements:
+        _settle_one(future, ok, value)
 
 
-def _fail(pending: _Pending, error: BaseException) -> None:
-    if not pending.future.done():
-        pending.future.set_exception(error)
+def _settle_one(future: asyncio.Future[Any] | Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # a caller that gave up (cancelled) no longer wants it
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)

@@ -6,7 +6,6 @@ never blocks on Postgres (`eventsourcing` is synchronous).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 from uuid import UUID
 
@@ -31,7 +30,7 @@ class MessagingService:
         self.writer = writer
 
     async def execute(self, command: Command) -> CommandResult[Any]:
-        return await asyncio.wrap_future(self.writer.submit(command))
+        return await self.writer.submit_async(command)
 
     async def start_conversation(
         self,

@@ -8,6 +8,7 @@ nodes, log positions, and bounded cold loads through snapshots.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -28,7 +29,7 @@ from application.commands import (
     SetTyping,
     StartConversation,
 )
-from application.errors import ConcurrencyConflictError
+from application.errors import ConcurrencyConflictError, WriterStoppedError
 from application.messaging import SNAPSHOT_INTERVAL, MessagingApplication
 from application.results import CommandResult
 from domain.conversation import Conversation
@@ -400,6 +401,38 @@ class TestOneBatchIsAllOrNothingPerCommand:
 
 
 # ---- concurrency --------------------------------------------------------------------------
+
+
+class TestSubmittingFromAnEventLoop:
+    def test_a_batch_settles_its_loop_futures_with_results_and_domain_errors(
+        self, node: Node, hold_batch: HoldBatch
+    ) -> None:
+        conversation_id = node.execute(StartConversation(ALICE, "DIRECT", (BOB,))).value.id
+        script: list[Command] = [
+            SendMessage(ALICE, conversation_id, "one"),
+            SendMessage(MALLORY, conversation_id, "let me in"),
+            SendMessage(BOB, conversation_id, "two"),
+        ]
+
+        async def submit_in_one_batch() -> list[Any]:
+            with hold_batch(node):  # blocks this loop too: every future settles after the batch
+                futures = [node.writer.submit_async(command) for command in script]
+            return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), RESULT_TIMEOUT_S)
+
+        one, refused, two = asyncio.run(submit_in_one_batch())
+
+        assert node.writer.stats.largest_batch == len(script)
+        assert (one.value.seq, two.value.seq) == (1, 2)
+        assert isinstance(refused, NotParticipantError)
+
+    def test_a_stopped_writer_fails_a_loop_submission_at_once(self, node: Node) -> None:
+        node.writer.stop()
+
+        async def submit() -> Any:
+            return await node.writer.submit_async(SendMessage(ALICE, uuid4(), "late"))
+
+        with pytest.raises(WriterStoppedError):
+            asyncio.run(submit())
 
 
 class TestConcurrentSendersOnOneNode:
