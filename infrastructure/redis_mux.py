@@ -41,9 +41,6 @@ class _Link(asyncio.Protocol):
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
-        # Commands of one loop iteration go out in one write: a write is a syscall and a
-        # wake-up of Redis, and was an eighth of the event loop at 550 msg/s when made per call.
-        self._outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -66,15 +63,8 @@ class _Link(asyncio.Protocol):
             future.set_exception(RedisConnectionError("connection to Redis lost"))
             return future
         self.waiting.append((future, time.monotonic()))
-        if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._write_outgoing)
-        self._outgoing.append(hiredis.pack_command(args))  # C: ~1.6 µs against ~6 µs in Python
+        self.transport.write(hiredis.pack_command(args))  # C: ~1.6 µs against ~6 µs in Python
         return future
-
-    def _write_outgoing(self) -> None:
-        outgoing, self._outgoing = self._outgoing, []
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(outgoing))
 
     def fail(self, error: Exception) -> None:
         self.lost = True
