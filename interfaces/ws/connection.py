@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket
 
-from interfaces.ws.wire import direct_writer, wire_frame
+from interfaces.ws.wire import DirectWriter, wire_frame
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,13 @@ RECENT_ACKS = 256  # message ids this device sent itself: it has them from the a
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, user_id: str) -> None:
+    def __init__(self, websocket: WebSocket, user_id: str, *, direct: DirectWriter | None = None) -> None:
         self.websocket = websocket
         self.user_id = user_id
-        # Frames straight to the socket while nothing is queued (see wire.py); None elsewhere.
-        self._direct = direct_writer(websocket.scope)
+        # Writes whole frames straight to the socket while nothing is queued (see wire.py): the
+        # /ws endpoint passes one; devices that shape their own frames (Socket.IO, graphql-ws)
+        # do not.
+        self._direct = direct
         self.id = uuid.uuid4().hex
         self.joined: set[str] = set()  # conversations this device opened (typing goes here)
         self.seen_seq: dict[str, int] = {}  # per member conversation: highest seq sent live

@@ -20,6 +20,7 @@ from interfaces.runtime import Runtime
 from interfaces.ws.connection import Connection
 from interfaces.ws.handlers import HANDLERS, Session
 from interfaces.ws.protocol import UnknownEventError, field_str, parse_frame, request_id_of
+from interfaces.ws.wire import direct_writer
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def ws_endpoint(runtime: Runtime) -> Any:
         if user is None:
             await websocket.close(UNAUTHORIZED_CODE, "missing, invalid or expired token")
             return
-        connection = Connection(websocket, user)
+        connection = Connection(websocket, user, direct=direct_writer(websocket.scope))
         connection.start()
         try:
             await _serve(websocket, runtime, connection)
