@@ -180,7 +180,8 @@ class ProjectionRunner:
         will make visible: this runner is the read model's only writer (the tracking row's lock
         makes it so)."""
         changes = fold(batch)
-        relay_on = self.relay is not None and not self._relay_behind and not self._redis_behind
+        counters = self.counters if not self._redis_behind else None
+        relay = self.relay if not (self._relay_behind or self._redis_behind) else None
         derived: DerivedValues | None = None
         changed_messages: dict[Any, dict[str, Any]] = {}
         with work.transaction(), work.cursor() as cursor:
@@ -189,24 +190,23 @@ class ProjectionRunner:
             assert generation is not None
             apply(cursor, generation_schema(generation), changes, position)
             cursor.execute("SELECT pg_notify(%s, %s)", (POSITION_CHANNEL, str(changes.position)))
-            if self.counters is not None and not self._redis_behind:
-                derived = self.counters.read(cursor, changes)
-            if relay_on:
-                changed_messages = Relay.changed_messages(cursor, batch)
+            if counters is not None:
+                derived = counters.read(cursor, changes)
+            if relay is not None:
+                changed_messages = relay.changed_messages(cursor, batch)
         self.status.position = changes.position
         self.status.batches += 1
         self.status.events += len(batch)
         # Live frames first: a message to a large group changes an unread count per member, and
         # its members should not wait for those to see the message itself.
-        if self.relay is not None and relay_on:
+        if relay is not None:
             try:
-                self.relay.publish(batch, changed_messages)
+                relay.publish(batch, changed_messages)
             except Exception as error:
-                self._relay_behind = True
-                log.warning("live relay failed: %s", error)
-        if self.counters is not None and derived is not None:
+                self._relay_failed(error)
+        if counters is not None and derived is not None:
             try:
-                totals = self.counters.write(derived)
+                totals = counters.write(derived)
                 self.status.redis_position = changes.position
             except Exception as error:  # Redis down: Postgres goes on; Redis catches up later
                 self._redis_behind = True
@@ -214,7 +214,7 @@ class ProjectionRunner:
                 self.status.last_error = f"redis: {error}"
                 log.warning("Redis projection refresh failed: %s", error)
             else:
-                if self._unread_pushes is not None and relay_on and not self._relay_behind:
+                if self._unread_pushes is not None and relay is not None and not self._relay_behind:
                     self._unread_pushes.add(totals)
         return changes.position
 
@@ -228,9 +228,13 @@ class ProjectionRunner:
         try:
             return self._unread_pushes.flush()
         except Exception as error:
-            self._relay_behind = True
-            log.warning("live relay failed: %s", error)
+            self._relay_failed(error)
             return None
+
+    def _relay_failed(self, error: Exception) -> None:
+        """Republish from the relay's own position once publishing works again."""
+        self._relay_behind = True
+        log.warning("live relay failed: %s", error)
 
     def _republish(self, work: psycopg.Connection[Any], position: int) -> None:
         """Publish what the relay missed (a crash after commit, or Redis down)."""

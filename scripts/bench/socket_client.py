@@ -65,6 +65,7 @@ class BenchSocket(asyncio.Protocol):
         self._buffer = bytearray()
         self._upgraded = False
         self._handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._expected_accept = b""  # set when the handshake is sent
         self._messages: collections.deque[str | bytes] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._fragments: list[bytes] = []
@@ -113,17 +114,6 @@ class BenchSocket(asyncio.Protocol):
             self._hand_over(self._messages.popleft())
         if self.close_code is not None:
             self._report_closed("")
-
-    def __aiter__(self) -> BenchSocket:
-        return self
-
-    async def __anext__(self) -> str | bytes:
-        try:
-            return await self.recv()
-        except SocketClosed as closed:
-            if closed.code in (NORMAL_CLOSURE, NO_STATUS):
-                raise StopAsyncIteration from None
-            raise
 
     async def close(self, code: int = NORMAL_CLOSURE, timeout: float = 5.0) -> None:
         """The closing handshake: send a close frame, wait for the server's (bounded)."""

@@ -72,7 +72,7 @@ def test_text_of_every_length_class_goes_out_and_comes_back_whole(size: int) -> 
     assert asyncio.run(run()) == text
 
 
-def test_the_server_closing_ends_iteration_with_its_code_and_sends_raise() -> None:
+def test_the_server_closing_ends_receiving_with_its_code_and_sends_raise() -> None:
     async def run() -> tuple[list[str | bytes], int | None]:
         async with serving(echo) as url:
             client = await connect(url, open_timeout=5, max_size=MAX_SIZE)
@@ -80,8 +80,8 @@ def test_the_server_closing_ends_iteration_with_its_code_and_sends_raise() -> No
             await client.send("bye")
             received = []
             with pytest.raises(SocketClosed):
-                async for message in client:
-                    received.append(message)
+                while True:
+                    received.append(await client.recv())
             with pytest.raises(SocketClosed):
                 await client.send("after")
             return received, client.close_code

@@ -535,6 +535,24 @@ class TestRedelivery:
         assert redis_values(redis_client) == once
 
 
+    def test_a_refresh_after_redis_forgot_its_scripts_loads_them_again_and_writes_everything(
+        self, chat: Chat, db: psycopg.Connection[Any], make_counters: Any, redis_client: redis.Redis
+    ) -> None:
+        trip = tell_the_trip_story(chat)
+        events = log_events(chat.node.app)
+        with db.transaction(), db.cursor() as cursor:
+            apply(cursor, generation_schema(ensure_read_model(cursor)), fold(events), 0)
+        counters = make_counters()
+        with db.transaction(), db.cursor() as cursor:
+            counters.rebuild(cursor, 0)
+        redis_client.script_flush()  # as a restarted Redis: scripts are not persisted
+
+        with db.transaction(), db.cursor() as cursor:
+            counters.refresh(cursor, fold(events))
+
+        assert_redis_holds_the_trip(redis_client, trip)
+        assert redis_values(redis_client)[POSITION_KEY] == str(events[-1][0])
+
 # ---- batch boundaries --------------------------------------------------------------------------
 
 
