@@ -1,10 +1,11 @@
 """Many Redis commands in one write, their replies read back without callbacks: the
 projector's bulk writes (unread counts, inbox rows, live frames).
 
-redis-py's pipeline spends about 20 µs of Python per command (argument checks, packing, a
-reply callback each). A message to a 1,000-member group makes some 3,000 commands for unread
-counts alone, so that cost set the pace of group fan-out. Here hiredis packs each command in C
-and the raw replies come back in order.
+redis-py's pipeline spends Python per command on argument checks, packing and a reply
+callback. A message to a 1,000-member group makes some 3,000 commands for unread counts alone:
+in a group run the counters' pipelined write was 46% of the projector's samples (py-spy), and
+its packing alone 21%. Here hiredis packs each command in C and the raw replies come back in
+order.
 """
 
 from __future__ import annotations

@@ -167,7 +167,8 @@ class Relay:
 
     @staticmethod
     def changed_messages(cursor: Cursor[Any], events: list[tuple[int, Any]]) -> dict[UUID, dict[str, Any]]:
-        """Edited or deleted messages as they now stand in the (just committed) read model."""
+        """Edited or deleted messages as they now stand in the read model (the runner reads them
+        in the batch's own transaction, after its changes)."""
         ids = [e.message_id for _, e in events if isinstance(e, (Conversation.MessageEdited, Conversation.MessageDeleted))]
         if not ids:
             return {}

@@ -1,8 +1,8 @@
 """Unread-count pushes, coalesced: at most one round of pushes every `PUSH_EVERY_S`.
 
 A message to a 1,000-member group changes 1,000 unread totals. Pushing each one as it changes
-doubles what a group message costs (the message frame, then an `unread_count` frame per member)
-and halved the group fan-out the bench measured. Totals are absolute, so only a user's latest
+doubles the frames a group message costs (the message frame, then an `unread_count` frame per
+member), on the relay, in Redis and on every node. Totals are absolute, so only a user's latest
 one matters: the changes of a burst become one push per user with the latest total. After a
 quiet interval the first change goes out at once, so a lone message's count is not delayed.
 """
