@@ -9,7 +9,6 @@ datastore with a one-connection pool per test, and every table dropped before an
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg

@@ -345,6 +345,15 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
         client.close()
 
 
+def trip_in_postgres(chat: Chat, db: psycopg.Connection[Any]) -> tuple[Trip, list[tuple[int, Any]]]:
+    """The trip told and its events applied to a fresh Postgres read model by hand."""
+    trip = tell_the_trip_story(chat)
+    events = log_events(chat.node.app)
+    with db.transaction(), db.cursor() as cursor:
+        apply(cursor, generation_schema(ensure_read_model(cursor)), fold(events), 0)
+    return trip, events
+
+
 @pytest.fixture
 def make_counters(redis_url: str, redis_client: redis.Redis) -> Iterator[Callable[..., RedisCounters]]:
     """Redis projections on their own clients, as separate processes would have."""
@@ -512,11 +521,7 @@ class TestRedelivery:
         self, chat: Chat, db: psycopg.Connection[Any], make_counters: Any, redis_client: redis.Redis
     ) -> None:
         # Step 1: the trip projected into Postgres, then its Redis values refreshed once.
-        trip = tell_the_trip_story(chat)
-        events = log_events(chat.node.app)
-        with db.transaction(), db.cursor() as cursor:
-            schema = generation_schema(ensure_read_model(cursor))
-            apply(cursor, schema, fold(events), 0)
+        trip, events = trip_in_postgres(chat, db)
         counters = make_counters()
         with db.transaction(), db.cursor() as cursor:
             counters.rebuild(cursor, 0)  # a runner's first step on an empty Redis
@@ -534,14 +539,10 @@ class TestRedelivery:
             counters.refresh(cursor, fold(events[:3]))  # an old, slow refresh arriving late
         assert redis_values(redis_client) == once
 
-
     def test_a_refresh_after_redis_forgot_its_scripts_loads_them_again_and_writes_everything(
         self, chat: Chat, db: psycopg.Connection[Any], make_counters: Any, redis_client: redis.Redis
     ) -> None:
-        trip = tell_the_trip_story(chat)
-        events = log_events(chat.node.app)
-        with db.transaction(), db.cursor() as cursor:
-            apply(cursor, generation_schema(ensure_read_model(cursor)), fold(events), 0)
+        trip, events = trip_in_postgres(chat, db)
         counters = make_counters()
         with db.transaction(), db.cursor() as cursor:
             counters.rebuild(cursor, 0)
