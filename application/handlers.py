@@ -164,13 +164,21 @@ HANDLERS: dict[type[Command], Handler] = {
 }
 
 
-def message_ids_to_prefetch(commands: list[Command]) -> set[Any]:
-    """Every message id the batch will ask the index about, so one query answers them all."""
+def new_message_ids(commands: list[Command]) -> set[Any]:
+    """The ids of the messages the batch sends with a clientMessageId. Each is new unless the
+    client is resending; the message index's primary key refuses a resend at the append."""
+    return {
+        message_id_for(command.conversation_id, command.actor_id, command.client_message_id)
+        for command in commands
+        if isinstance(command, SendMessage) and command.client_message_id
+    }
+
+
+def referenced_message_ids(commands: list[Command]) -> set[Any]:
+    """The existing messages the batch's commands act on (edits, deletes, replies' parents)."""
     ids: set[Any] = set()
     for command in commands:
         if isinstance(command, SendMessage):
-            if command.client_message_id:
-                ids.add(message_id_for(command.conversation_id, command.actor_id, command.client_message_id))
             if command.parent_message_id is not None:
                 ids.add(command.parent_message_id)
         elif isinstance(command, (EditMessage, DeleteMessage)):

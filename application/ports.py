@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import IntegrityError, Notification
 
 from domain.values import MessageFacts
 
@@ -37,6 +37,11 @@ class MessageIndexChanges:
 
     def __bool__(self) -> bool:
         return bool(self.added or self.deleted)
+
+
+class MessageIdTakenError(IntegrityError):
+    """An append named a new message whose id the index already holds: a client resent a
+    message that an earlier transaction committed. Nothing of the append was written."""
 
 
 @runtime_checkable

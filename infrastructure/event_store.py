@@ -18,14 +18,14 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import InterfaceError, Notification, OperationalError, StoredEvent
+from eventsourcing.persistence import IntegrityError, InterfaceError, Notification, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
 import psycopg
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from application.ports import IndexedMessage, MessageIndexChanges
+from application.ports import IndexedMessage, MessageIdTakenError, MessageIndexChanges
 
 
 SCHEMA_LOCK_KEY = 0x6C6F6F70_00000001  # any constant; distinct from the projector's locks
@@ -61,6 +61,7 @@ class MessagingRecorder(PostgresApplicationRecorder):
             raise ValueError("POSTGRES_ENABLE_DB_FUNCTIONS must stay off for the Messaging event store")
         super().__init__(datastore, events_table_name=events_table_name)
         self.message_index_table = events_table_name.removesuffix("_events") + "_message_index"
+        self._message_index_key = f"{self.message_index_table}_pkey"  # Postgres's name for its primary key
         table = SQL("{}.{}").format(Identifier(datastore.schema), Identifier(self.message_index_table))
         self.sql_create_statements.append(
             SQL(
@@ -148,7 +149,7 @@ class MessagingRecorder(PostgresApplicationRecorder):
         the group-commit writer's CPU. The function runs the same statements in the same order
         inside the statement's own transaction: the same table lock (commit order equals
         notification order), the same NOTIFY, and a conflicting version or message id still
-        fails the whole append with an IntegrityError.
+        fails the whole append with an IntegrityError: `MessageIdTakenError` for a message id.
         """
         if not stored_events:
             return None
@@ -167,10 +168,16 @@ class MessagingRecorder(PostgresApplicationRecorder):
             [m.client_message_id for m in added],
             deleted,
         )
-        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-            assert conn.autocommit
-            curs.execute(self._append_sql, params, prepare=True)
-            return [row[0] for row in curs.fetchall()]
+        try:
+            with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+                assert conn.autocommit
+                curs.execute(self._append_sql, params, prepare=True)
+                return [row[0] for row in curs.fetchall()]
+        except IntegrityError as error:
+            cause = error.__cause__
+            if isinstance(cause, psycopg.Error) and cause.diag.constraint_name == self._message_index_key:
+                raise MessageIdTakenError(str(error)) from cause
+            raise
 
     @_reconnecting
     def lookup_messages(self, message_ids: Iterable[UUID]) -> dict[UUID, IndexedMessage]:

@@ -18,7 +18,7 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.tests import persistence as library_cases  # a module: pytest must not collect its abstract cases
 from psycopg.sql import SQL, Identifier
 
-from application.ports import IndexedMessage, MessageIndexChanges
+from application.ports import IndexedMessage, MessageIdTakenError, MessageIndexChanges
 from infrastructure.event_store import MessagingRecorder
 from infrastructure.postgres_url import PostgresParams, parse_database_url
 
@@ -198,11 +198,12 @@ class TestTheMessageIndexIsWrittenInTheEventsTransaction:
 
         # A stale writer saves its own version 2 (plus an event of another conversation) with the
         # message's index row: the version conflict fails the transaction...
-        with pytest.raises(IntegrityError):
+        with pytest.raises(IntegrityError) as conflict:
             recorder.insert_events(
                 [stored_event(other_conversation_id, 1), stored_event(conversation_id, 2)],
                 message_index=added(indexed(message_id, conversation_id, 2)),
             )
+        assert not isinstance(conflict.value, MessageIdTakenError)  # a version, not a message id
 
         # ...and none of it remains: no index row, no event of the other conversation.
         assert recorder.lookup_messages([message_id]) == {}
@@ -215,7 +216,7 @@ class TestTheMessageIndexIsWrittenInTheEventsTransaction:
         store_message(recorder, conversation_id, message_id, version=2)
 
         # Saving it again under a new version fails on the index's primary key...
-        with pytest.raises(IntegrityError):
+        with pytest.raises(MessageIdTakenError):
             recorder.insert_events(
                 [stored_event(conversation_id, 3)], message_index=added(indexed(message_id, conversation_id, 3))
             )

@@ -210,6 +210,28 @@ class TestDurableIdempotency:
         assert retry.position >= first.position
         assert [e.message_id for e in logged_messages(node.app, conversation.id)] == [first.value.id]
         assert node.app.get_conversation(conversation.id).last_seq == 1
+        assert node.writer.stats.resends == 1  # the index's key refused it; the batch was decided again
+
+    def test_a_resend_in_a_batch_of_new_messages_gets_the_original_and_the_others_commit(
+        self, node: Node, hold_batch: HoldBatch
+    ) -> None:
+        conversation = node.execute(StartConversation(ALICE, "DIRECT", (BOB,))).value
+        first = node.execute(SendMessage(ALICE, conversation.id, "hello", client_message_id="c-1")).value
+
+        with hold_batch(node):
+            futures = [
+                node.writer.submit(SendMessage(BOB, conversation.id, "hi", client_message_id="b-1")),
+                node.writer.submit(SendMessage(ALICE, conversation.id, "hello", client_message_id="c-1")),
+                node.writer.submit(SendMessage(ALICE, conversation.id, "how are you?", client_message_id="c-2")),
+            ]
+        settle(futures)
+
+        bobs, resent, second = (f.result(RESULT_TIMEOUT_S).value for f in futures)
+        assert node.writer.stats.largest_batch == 3 and node.writer.stats.resends == 1
+        assert resent == first
+        assert (bobs.seq, second.seq) == (2, 3)
+        logged = [e.message_id for e in logged_messages(node.app, conversation.id)]
+        assert logged == [first.id, bobs.id, second.id]
 
     def test_a_retry_after_a_restart_returns_the_same_message_and_logs_it_once(
         self, open_node: Callable[[], Node]
@@ -376,7 +398,7 @@ class TestOneBatchIsAllOrNothingPerCommand:
             "MessageSent",
         ]
 
-    def test_a_batch_of_sends_with_new_client_ids_asks_the_message_index_once(
+    def test_a_batch_of_sends_with_new_client_ids_never_asks_the_message_index(
         self, node: Node, hold_batch: HoldBatch, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         conversation_id = node.execute(StartConversation(ALICE, "DIRECT", (BOB,))).value.id
@@ -397,7 +419,7 @@ class TestOneBatchIsAllOrNothingPerCommand:
         assert [f.result(RESULT_TIMEOUT_S).value.seq for f in futures] == list(range(1, 11))
         assert node.writer.stats.largest_batch == 10  # they really shared one batch
 
-        assert len(lookups) == 1
+        assert lookups == []  # new ids are refused by the index's key if resent, not looked up
 
 
 # ---- concurrency --------------------------------------------------------------------------
