@@ -180,7 +180,15 @@ class LocalServers:
     # ---- processes, for CPU and memory ---------------------------------------------------------
 
     def server_processes(self) -> list[psutil.Process]:
-        return [psutil.Process(node.process.pid) for node in self.nodes if node.process and node.process.poll() is None]
+        """Every node process with its children: a node's writer and (role `all`) projector run
+        in child processes, and a process's CPU times do not include its live children's."""
+        found: list[psutil.Process] = []
+        for node in self.nodes:
+            if node.process and node.process.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    parent = psutil.Process(node.process.pid)
+                    found.extend([parent, *parent.children(recursive=True)])
+        return found
 
     def api_processes(self) -> list[psutil.Process]:
         return [
