@@ -309,7 +309,7 @@ class GroupCommitWriter:
         if not uow.events:
             return {}
         kwargs = {"message_index": uow.index_changes} if uow.index_changes else {}
-        recordings = self.app.save(*uow.events, **kwargs)
+        recordings = self.app.append(uow.events, **kwargs)
         self.stats.batches += 1
         self.stats.events += len(uow.events)
         return {id(r.domain_event): r.notification.id for r in recordings}

@@ -6,12 +6,14 @@ the group-commit writer (`group_commit.py`) through the handlers (`handlers.py`)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar, NamedTuple
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Recording
 
 from application.ports import ConversationLog, IndexedMessage, MessageIndex
 from application.results import ConversationRecord, MessageRecord
@@ -76,6 +78,15 @@ class MessagingApplication(Application[UUID]):
         if not events or not isinstance(events[0], Conversation.MessageSent):
             raise MessageNotFoundError(f"message {indexed.message_id} is not in the log")
         return message_record(events[0])
+
+    def append(self, events: Sequence[DomainEventProtocol[UUID]], **kwargs: Any) -> list[Recording[UUID]]:
+        """A decided batch's events into the event store, in one transaction. What
+        `Application.save` does for us, without its per-event check against a runtime Protocol
+        (5% of the group-commit writer's CPU): this application has no repository cache, and the
+        writer takes its own snapshots."""
+        if self.repository.cache is not None or self.snapshotting_intervals:  # configured otherwise
+            return self.save(*events, **kwargs)
+        return self.events.put(list(events), **kwargs)
 
     def take_snapshot_of(self, conversation: Conversation) -> None:
         """Snapshot in-memory state (it is exactly the state at `conversation.version`)."""
