@@ -1,8 +1,7 @@
 """The Postgres read-model projector: a batch of events in, one transaction of changes out.
 
 Events are first folded into set-wise changes (new rows, final values per key), then written
-with COPY (rebuilds) or INSERT from unnest'ed arrays (the live runner's pipeline) and one
-statement per kind of change, so the cost per event is a few microseconds of Python instead of a
+with COPY and `executemany`, so the cost per event is a few microseconds of Python instead of a
 round trip. Folding is what makes a catch-up of a million events and a live tail both fast.
 Exactly-once comes from the tracking row, locked and advanced in the same transaction.
 """
@@ -10,13 +9,13 @@ Exactly-once comes from the tracking row, locked and advanced in the same transa
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg import Connection, Cursor, sql
+from psycopg import Cursor, sql
 
 from domain.conversation import Conversation
 
@@ -161,52 +160,16 @@ MESSAGE_COLUMNS = (
 )
 
 
-# For INSERT ... SELECT FROM unnest(...), the pipelined path's stand-in for COPY.
-CONVERSATION_TYPES = ("uuid", "text", "text", "text", "text", "timestamptz", "timestamptz", "timestamptz")
-MESSAGE_TYPES = (
-    "uuid", "uuid", "bigint", "bigint", "text", "text", "text", "uuid", "text", "timestamptz", "timestamptz", "timestamptz",
-)
-_TRACKING_FOR_UPDATE = "SELECT position FROM {s}.tracking WHERE name = 'postgres' FOR UPDATE"
-
-
 def apply(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, expected_position: int) -> None:
     """Write the folded changes and advance tracking, inside the caller's transaction."""
-    cursor.execute(_statement(_TRACKING_FOR_UPDATE, schema))
-    _check_tracking(cursor.fetchone(), expected_position)
-    _write(cursor, schema, changes, bulk=True)
-
-
-def apply_pipelined(
-    connection: Connection[Any], schema: str, changes: ReadModelChanges, expected_position: int
-) -> Callable[[], None]:
-    """`apply` for a connection in pipeline mode: every statement is queued, none waited for,
-    so the live runner's batch costs one round trip instead of one per statement. Returns the
-    tracking check, to call before the commit (fetching its row sends what is queued).
-    COPY cannot run in a pipeline; INSERT from unnest'ed arrays does the same for small batches."""
-    tracking, writes = connection.cursor(), connection.cursor()
-    tracking.execute(_statement(_TRACKING_FOR_UPDATE, schema))  # locked first, as `apply` does
-    _write(writes, schema, changes, bulk=False)
-
-    def check() -> None:
-        try:
-            _check_tracking(tracking.fetchone(), expected_position)
-        finally:
-            tracking.close()
-            writes.close()
-
-    return check
-
-
-def _check_tracking(row: Any, expected_position: int) -> None:
+    cursor.execute(_statement("SELECT position FROM {s}.tracking WHERE name = 'postgres' FOR UPDATE", schema))
+    row = cursor.fetchone()
     current = row[0] if row else 0
     if current != expected_position:
         raise TrackingConflictError(f"tracking is at {current}, expected {expected_position}")
 
-
-def _write(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, *, bulk: bool) -> None:
-    """Every change of the batch, then the tracking position. `bulk`: new rows by COPY."""
     if changes.conversations:
-        _insert(cursor, schema, "conversations", CONVERSATION_COLUMNS, CONVERSATION_TYPES, changes.conversations, bulk)
+        _copy(cursor, schema, "conversations", CONVERSATION_COLUMNS, changes.conversations.values())
     joined = [row for row in changes.participants.values() if row[5]]
     if joined:  # (re)joined in this batch: joined_at is this batch's latest join
         cursor.execute(
@@ -231,7 +194,7 @@ def _write(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, *, bulk:
             _columns(left, 3),
         )
     if changes.messages:
-        _insert(cursor, schema, "messages", MESSAGE_COLUMNS, MESSAGE_TYPES, changes.messages, bulk)
+        _copy(cursor, schema, "messages", MESSAGE_COLUMNS, changes.messages.values())
     if changes.message_updates:
         updates = [[message_id, *values] for message_id, values in changes.message_updates.items()]
         cursor.execute(
@@ -292,21 +255,6 @@ def copy_messages(cursor: Cursor[Any], schema: str, changes: ReadModelChanges) -
         changes.messages.clear()
 
 
-def _insert(
-    cursor: Cursor[Any],
-    schema: str,
-    table: str,
-    columns: tuple[str, ...],
-    types: tuple[str, ...],
-    rows: dict[Any, list[Any]],
-    bulk: bool,
-) -> None:
-    if bulk:
-        _copy(cursor, schema, table, columns, rows.values())
-    else:
-        cursor.execute(_insert_statement(schema, table, columns, types), _columns(list(rows.values()), len(columns)))
-
-
 def _copy(cursor: Cursor[Any], schema: str, table: str, columns: tuple[str, ...], rows: Iterable[list[Any]]) -> None:
     with cursor.copy(_copy_statement(schema, table, columns)) as copy:
         for row in rows:
@@ -326,18 +274,6 @@ def _copy_statement(schema: str, table: str, columns: tuple[str, ...]) -> bytes:
     return (
         sql.SQL("COPY {s}.{t} ({c}) FROM STDIN")
         .format(s=sql.Identifier(schema), t=sql.Identifier(table), c=sql.SQL(", ").join(map(sql.Identifier, columns)))
-        .as_bytes(None)
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _insert_statement(schema: str, table: str, columns: tuple[str, ...], types: tuple[str, ...]) -> bytes:
-    arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(kind)) for kind in types)
-    return (
-        sql.SQL("INSERT INTO {s}.{t} ({c}) SELECT * FROM unnest({a})")
-        .format(
-            s=sql.Identifier(schema), t=sql.Identifier(table), c=sql.SQL(", ").join(map(sql.Identifier, columns)), a=arrays
-        )
         .as_bytes(None)
     )
 

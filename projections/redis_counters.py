@@ -16,17 +16,15 @@ Keys (seed names kept):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis
 import redis.exceptions
-from psycopg import Connection, Cursor
+from psycopg import Cursor
 
 from projections import redis_batch
-from projections.deferred_query import deferred_query
 from projections.postgres_projector import ReadModelChanges
 from projections.redis_batch import Arg, Command
 
@@ -84,17 +82,15 @@ class RedisCounters:
         return self.write(self.read(cursor, changes))
 
     def read(self, cursor: Cursor[Any], changes: ReadModelChanges) -> DerivedValues:
-        """The values the batch may have changed, as the read model holds them."""
-        return self.request(cursor.connection, changes)()
-
-    def request(self, connection: Connection[Any], changes: ReadModelChanges) -> Callable[[], DerivedValues]:
-        """`read`, sent now and collected by the returned function: the live runner sends it in
-        the batch's own transaction and pipeline, after `apply`, and collects it before the
-        commit, so it sees exactly what the commit makes visible."""
+        """The values the batch may have changed, as the read model holds them (the runner
+        calls this inside the batch's own transaction, after `apply`: one transaction)."""
         users = {user for _, user in changes.unread_users}
-        unread = self._request_unread(connection, sorted(users), list(changes.unread_conversations))
-        last_messages = self._request_last_messages(connection, list(changes.last_message_conversations))
-        return lambda: DerivedValues(unread=unread(), last_messages=last_messages(), position=changes.position)
+        conversations = list(changes.unread_conversations)
+        return DerivedValues(
+            unread=self._read_unread(cursor, sorted(users), conversations),
+            last_messages=self._read_last_messages(cursor, list(changes.last_message_conversations)),
+            position=changes.position,
+        )
 
     def write(self, values: DerivedValues) -> dict[str, int]:
         """Write the values and advance the position, in one round trip; returns unread totals."""
@@ -119,75 +115,59 @@ class RedisCounters:
         conversations = [row[0] for row in cursor.fetchall()]
         for start in range(0, max(len(users), len(conversations)), REBUILD_CHUNK):
             commands: list[Command] = []
-            unread = self._request_unread(cursor.connection, users[start : start + REBUILD_CHUNK], [])
-            last_messages = self._request_last_messages(cursor.connection, conversations[start : start + REBUILD_CHUNK])
-            _unread_commands(commands, unread())
-            _last_message_commands(commands, last_messages())
+            _unread_commands(commands, self._read_unread(cursor, users[start : start + REBUILD_CHUNK], []))
+            _last_message_commands(commands, self._read_last_messages(cursor, conversations[start : start + REBUILD_CHUNK]))
             redis_batch.execute(self.client, commands)
         self.client.set(POSITION_KEY, position)
 
     # ---- values -------------------------------------------------------------------------------
 
     @staticmethod
-    def _request_unread(
-        connection: Connection[Any], users: list[str], conversations: list[Any]
-    ) -> Callable[[], dict[str, dict[str, int]]]:
+    def _read_unread(cursor: Cursor[Any], users: list[str], conversations: list[Any]) -> dict[str, dict[str, int]]:
         """Per user, the unread count of each conversation: `users`, and every active member of
         `conversations` (a new message there changed their counts), in one statement."""
         if not users and not conversations:
-            return dict
-        rows = deferred_query(
-            connection,
+            return {}
+        cursor.execute(
             "SELECT p.user_id, p.conversation_id, greatest(c.last_seq - p.read_up_to, 0)"
             " FROM read.conversation_participants p JOIN read.conversations c ON c.id = p.conversation_id"
             " WHERE p.is_active AND p.user_id IN (SELECT unnest(%s::text[]) UNION"
             "  SELECT user_id FROM read.conversation_participants WHERE conversation_id = ANY(%s) AND is_active)",
             (users, conversations),
         )
-
-        def collect() -> dict[str, dict[str, int]]:
-            per_user: dict[str, dict[str, int]] = {user: {} for user in users}
-            for user, conversation_id, unread in rows():
-                counts = per_user.setdefault(user, {})
-                if unread:
-                    counts[str(conversation_id)] = int(unread)
-            return per_user
-
-        return collect
+        per_user: dict[str, dict[str, int]] = {user: {} for user in users}
+        for user, conversation_id, unread in cursor.fetchall():
+            counts = per_user.setdefault(user, {})
+            if unread:
+                counts[str(conversation_id)] = int(unread)
+        return per_user
 
     @staticmethod
-    def _request_last_messages(connection: Connection[Any], conversation_ids: list[Any]) -> Callable[[], dict[str, str | None]]:
+    def _read_last_messages(cursor: Cursor[Any], conversation_ids: list[Any]) -> dict[str, str | None]:
         if not conversation_ids:
-            return dict
-        rows = deferred_query(
-            connection,
+            return {}
+        cursor.execute(
             "SELECT c.id, m.id, m.sender_id, m.content, m.message_type, m.seq, m.created_at, m.edited_at, m.deleted_at"
             " FROM read.conversations c LEFT JOIN read.messages m ON m.id = c.last_message_id"
             " WHERE c.id = ANY(%s)",
             (conversation_ids,),
         )
-        return lambda: {str(row[0]): _inbox_json(*row) for row in rows()}
-
-
-def _inbox_json(
-    conversation_id: Any, message_id: Any, sender: str, content: str | None, message_type: str, seq: int,
-    created: Any, edited: Any, deleted: Any,
-) -> str | None:
-    if message_id is None:
-        return None
-    return orjson.dumps(
-        {
-            "id": str(message_id),
-            "conversationId": str(conversation_id),
-            "senderId": sender,
-            "content": content,
-            "messageType": message_type,
-            "seq": seq,
-            "createdAt": created.isoformat(),
-            "editedAt": edited.isoformat() if edited else None,
-            "deletedAt": deleted.isoformat() if deleted else None,
-        }
-    ).decode()
+        inbox: dict[str, str | None] = {}
+        for conversation_id, message_id, sender, content, message_type, seq, created, edited, deleted in cursor.fetchall():
+            inbox[str(conversation_id)] = None if message_id is None else orjson.dumps(
+                {
+                    "id": str(message_id),
+                    "conversationId": str(conversation_id),
+                    "senderId": sender,
+                    "content": content,
+                    "messageType": message_type,
+                    "seq": seq,
+                    "createdAt": created.isoformat(),
+                    "editedAt": edited.isoformat() if edited else None,
+                    "deletedAt": deleted.isoformat() if deleted else None,
+                }
+            ).decode()
+        return inbox
 
 
 def _unread_commands(commands: list[Command], unread: dict[str, dict[str, int]]) -> dict[str, int]:

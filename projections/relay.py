@@ -17,17 +17,16 @@ published, and a restarted runner republishes the gap (clients dedupe by id and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from uuid import UUID
 
 import orjson
 import redis
-from psycopg import Connection, Cursor
+from psycopg import Cursor
 
 from domain.conversation import Conversation
 from projections import redis_batch
-from projections.deferred_query import deferred_query
 from projections.redis_batch import Command
 
 RELAY_POSITION_KEY = "projection:relay:position"
@@ -168,37 +167,25 @@ class Relay:
 
     @staticmethod
     def changed_messages(cursor: Cursor[Any], events: list[tuple[int, Any]]) -> dict[UUID, dict[str, Any]]:
-        """Edited or deleted messages as they now stand in the read model."""
-        return Relay.request_changed_messages(cursor.connection, events)()
-
-    @staticmethod
-    def request_changed_messages(
-        connection: Connection[Any], events: list[tuple[int, Any]]
-    ) -> Callable[[], dict[UUID, dict[str, Any]]]:
-        """`changed_messages`, sent now and collected by the returned function (the runner sends
-        it in the batch's own transaction and pipeline, after its changes)."""
+        """Edited or deleted messages as they now stand in the read model (the runner reads them
+        in the batch's own transaction, after its changes)."""
         ids = [e.message_id for _, e in events if isinstance(e, (Conversation.MessageEdited, Conversation.MessageDeleted))]
         if not ids:
-            return dict
-        rows = deferred_query(
-            connection,
+            return {}
+        cursor.execute(
             "SELECT id, conversation_id, sender_id, content, message_type, parent_message_id, seq,"
             " client_message_id, created_at, edited_at, deleted_at FROM read.messages WHERE id = ANY(%s)",
             (ids,),
         )
-        return lambda: {row[0]: _message_json(*row) for row in rows()}
-
-
-def _message_json(
-    message_id: Any, conversation_id: Any, sender: str, content: str | None, message_type: str, parent_id: Any,
-    seq: int, client_message_id: str | None, created: Any, edited: Any, deleted: Any,
-) -> dict[str, Any]:
-    return {
-        "id": str(message_id), "conversationId": str(conversation_id), "senderId": sender, "content": content,
-        "messageType": message_type, "parentMessageId": _uuid(parent_id), "seq": seq,
-        "clientMessageId": client_message_id, "createdAt": _iso(created), "editedAt": _iso(edited),
-        "deletedAt": _iso(deleted), "deliveryStatus": "SENT",
-    }
+        return {
+            row[0]: {
+                "id": str(row[0]), "conversationId": str(row[1]), "senderId": row[2], "content": row[3],
+                "messageType": row[4], "parentMessageId": _uuid(row[5]), "seq": row[6], "clientMessageId": row[7],
+                "createdAt": _iso(row[8]), "editedAt": _iso(row[9]), "deletedAt": _iso(row[10]),
+                "deliveryStatus": "SENT",
+            }
+            for row in cursor.fetchall()
+        }
 
 
 def _envelope(kind: str, conversation_id: str | None, body: str, **extra: Any) -> str:

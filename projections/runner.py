@@ -7,9 +7,8 @@ Correctness never depends on the election: every batch locks the tracking row an
 is where this runner expects, so two runners can never apply the same events twice.
 
 The loop: read up to `BATCH_SIZE` events after the tracked position, fold them, apply them and
-advance tracking in one pipelined transaction that also NOTIFYs the new position (delivered on
-commit, which is what read-your-writes waits for) and reads the values Redis and the live relay
-need;
+advance tracking in one transaction that also NOTIFYs the new position (delivered on commit,
+which is what read-your-writes waits for) and reads the values Redis and the live relay need;
 after the commit, publish the live frames, then write Redis and queue the new unread counts
 (pushed at most every `unread_pushes.PUSH_EVERY_S`). When caught up, it sleeps in
 LISTEN on the event store's channel, so a new event is projected within milliseconds.
@@ -26,7 +25,7 @@ from typing import Any
 import psycopg
 
 from projections.ports import EventLog
-from projections.postgres_projector import TrackingConflictError, apply_pipelined, fold
+from projections.postgres_projector import TrackingConflictError, apply, fold
 from projections.redis_counters import DerivedValues, RedisCounters
 from projections.relay import Relay
 from projections.schema import PROJECTOR_LOCK_KEY, ensure_read_model, generation_schema, live_generation
@@ -149,7 +148,11 @@ class ProjectionRunner:
                     for _ in control.notifies(timeout=wait, stop_after=1):
                         pass
                     continue
-                position = self._project_or_resume(work, batch, position)
+                try:
+                    position = self._project(work, batch, position)
+                except TrackingConflictError:
+                    # Another runner (or a replay's switch) moved the position: resume from it.
+                    position = self._tracked_position(work)
 
     def _become_leader(self, control: psycopg.Connection[Any]) -> bool:
         while not self._stopping.is_set():
@@ -170,21 +173,6 @@ class ProjectionRunner:
         self.status.position = int(row[0]) if row else 0
         return self.status.position
 
-    def _project_or_resume(self, work: psycopg.Connection[Any], batch: list[tuple[int, Any]], position: int) -> int:
-        """Project the batch; if another runner (or a replay's switch) moved the position,
-        resume from where it is instead."""
-        try:
-            return self._project(work, batch, position)
-        except TrackingConflictError:
-            return self._tracked_position(work)
-        except psycopg.errors.UniqueViolation:
-            # In the pipeline the batch's inserts run before its tracking check is read, so a
-            # batch already applied elsewhere fails on its rows' keys first. Anything else is a bug.
-            tracked = self._tracked_position(work)
-            if tracked == position:
-                raise
-            return tracked
-
     def _project(self, work: psycopg.Connection[Any], batch: list[tuple[int, Any]], position: int) -> int:
         """One transaction per batch: apply, then read (in the same transaction) what Redis and
         the relay need; after the commit, publish the live frames, write Redis, and push the new
@@ -196,21 +184,16 @@ class ProjectionRunner:
         relay = self.relay if not (self._relay_behind or self._redis_behind) else None
         derived: DerivedValues | None = None
         changed_messages: dict[Any, dict[str, Any]] = {}
-        # A pipeline: after the pointer's round trip, every statement of the batch goes in one
-        # write and the commit in one more (they were ten round trips, a sleep and a wake each).
-        with work.pipeline(), work.transaction(), work.cursor() as cursor:
+        with work.transaction(), work.cursor() as cursor:
             # Shared lock on the pointer: a replay's switch waits for this batch, and vice versa.
             generation = live_generation(cursor, lock="SHARE")
             assert generation is not None
-            check_tracking = apply_pipelined(work, generation_schema(generation), changes, position)
+            apply(cursor, generation_schema(generation), changes, position)
             cursor.execute("SELECT pg_notify(%s, %s)", (POSITION_CHANNEL, str(changes.position)))
-            collect_derived = counters.request(work, changes) if counters is not None else None
-            collect_changed = relay.request_changed_messages(work, batch) if relay is not None else None
-            check_tracking()  # sends everything queued; raises (rolling back) if another runner moved on
-            if collect_derived is not None:
-                derived = collect_derived()
-            if collect_changed is not None:
-                changed_messages = collect_changed()
+            if counters is not None:
+                derived = counters.read(cursor, changes)
+            if relay is not None:
+                changed_messages = relay.changed_messages(cursor, batch)
         self.status.position = changes.position
         self.status.batches += 1
         self.status.events += len(batch)

@@ -48,9 +48,8 @@ from application.commands import (
     StartConversation,
 )
 from application.messaging import MessagingApplication
-from domain.conversation import Conversation
 from projections import runner as runner_module
-from projections.postgres_projector import TrackingConflictError, apply, apply_pipelined, fold
+from projections.postgres_projector import TrackingConflictError, apply, fold
 from projections.redis_counters import (
     POSITION_KEY,
     RedisCounters,
@@ -518,33 +517,6 @@ class TestRedelivery:
                 apply(cursor, schema, fold(tail), events[-6][0])
         assert table_contents(db, schema) == once
 
-        # Step 4: the live runner's pipelined apply refuses it too: its inserts reach Postgres
-        # before its tracking check is read, so the rows' keys refuse it first.
-        with pytest.raises(psycopg.errors.UniqueViolation):
-            with db.pipeline(), db.transaction():
-                apply_pipelined(db, schema, fold(events), 0)()
-        assert table_contents(db, schema) == once
-        # ...and a batch of updates only (the last read receipt) at its check.
-        receipt = [event for event in events if isinstance(event[1], Conversation.MessageRead)][-1:]
-        with pytest.raises(TrackingConflictError):
-            with db.pipeline(), db.transaction():
-                apply_pipelined(db, schema, fold(receipt), receipt[0][0] - 1)()
-        assert table_contents(db, schema) == once
-
-    def test_a_runner_handed_a_batch_another_runner_applied_resumes_from_the_tracked_position(
-        self, chat: Chat, database_url: str, db: psycopg.Connection[Any]
-    ) -> None:
-        tell_the_trip_story(chat)
-        events = log_events(chat.node.app)
-        with db.transaction(), db.cursor() as cursor:  # another runner got there first
-            apply(cursor, generation_schema(ensure_read_model(cursor)), fold(events), 0)
-        runner = ProjectionRunner(chat.node.app, database_url, None)
-
-        with psycopg.connect(database_url) as work:
-            resumed_at = runner._project_or_resume(work, events, 0)
-
-        assert resumed_at == events[-1][0]
-
     def test_refreshing_redis_twice_from_the_same_events_leaves_the_same_keys(
         self, chat: Chat, db: psycopg.Connection[Any], make_counters: Any, redis_client: redis.Redis
     ) -> None:
@@ -668,30 +640,23 @@ class InjectedCrash(Exception):
 
 
 class CrashOnce:
-    """Wraps `apply_pipelined`: on call `on_call`, sends the batch's writes, then dies inside
-    the transaction."""
+    """Wraps `apply`: on call `on_call`, writes the batch, then dies inside the transaction."""
 
-    def __init__(self, real: Callable[..., Callable[[], None]], on_call: int, how: str) -> None:
+    def __init__(self, real: Callable[..., None], on_call: int, how: str) -> None:
         self.real = real
         self.on_call = on_call
         self.how = how
         self.calls = 0
 
-    def __call__(
-        self, connection: psycopg.Connection[Any], schema: str, changes: Any, expected_position: int
-    ) -> Callable[[], None]:
+    def __call__(self, cursor: psycopg.Cursor[Any], schema: str, changes: Any, expected_position: int) -> None:
         self.calls += 1
-        check_tracking = self.real(connection, schema, changes, expected_position)
+        self.real(cursor, schema, changes, expected_position)
         if self.calls != self.on_call:
-            return check_tracking
-        check_tracking()  # the batch's writes reach Postgres
+            return
         if self.how == "raises":
             raise InjectedCrash("the runner died mid-batch")
         # The process is gone: Postgres sees its connection drop in the middle of the transaction.
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-            cursor.fetchall()
-        return check_tracking
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
 
 class TestRunnerKilledMidBatch:
@@ -714,8 +679,8 @@ class TestRunnerKilledMidBatch:
         # Step 1: a log of every kind of event, and a runner whose third batch dies before commit.
         trip = tell_the_trip_story(chat)
         tell_the_churn_story(chat, trip)
-        crash = CrashOnce(runner_module.apply_pipelined, self.CRASH_ON_CALL, how)
-        monkeypatch.setattr(runner_module, "apply_pipelined", crash)
+        crash = CrashOnce(runner_module.apply, self.CRASH_ON_CALL, how)
+        monkeypatch.setattr(runner_module, "apply", crash)
         runner = start_runner(make_counters(), batch_size=self.SMALL_BATCH)
 
         # Step 2: it fails, pauses, reconnects and catches up.
