@@ -233,8 +233,8 @@ class GroupCommitWriter:
         if time.monotonic() < self._check_freshness_until:
             self._evict_stale(batch)
         commands = [p.command for p in batch]
-        new_ids = new_message_ids(commands)
-        prefetch = referenced_message_ids(commands) if sends_assumed_new else referenced_message_ids(commands) | new_ids
+        new_ids, referenced = new_message_ids(commands), referenced_message_ids(commands)
+        prefetch = referenced if sends_assumed_new else referenced | new_ids
         known = self.app.lookup_messages(prefetch) if prefetch else {}
         uow = UnitOfWork(self.app, self.cache, known, looked_up=prefetch | new_ids)
         decided: list[tuple[_Pending, Outcome]] = []

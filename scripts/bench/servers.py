@@ -180,8 +180,8 @@ class LocalServers:
     # ---- processes, for CPU and memory ---------------------------------------------------------
 
     def server_processes(self) -> list[psutil.Process]:
-        """Every node process with its children: a node's writer and (role `all`) projector run
-        in child processes, and a process's CPU times do not include its live children's."""
+        """Every node process with its children: a `--role all` node's projector runs in a child
+        process, and a process's CPU times do not include its live children's."""
         found: list[psutil.Process] = []
         for node in self.nodes:
             if node.process and node.process.poll() is None:
