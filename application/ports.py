@@ -30,7 +30,7 @@ class IndexedMessage:
 
 @dataclass
 class MessageIndexChanges:
-    """Index rows to write with one transaction's events (passed to `Application.save`)."""
+    """Index rows to write with one transaction's events (passed to `MessagingApplication.append`)."""
 
     added: list[IndexedMessage] = field(default_factory=list)
     deleted: list[UUID] = field(default_factory=list)
