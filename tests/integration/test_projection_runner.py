@@ -354,6 +354,14 @@ def trip_in_postgres(chat: Chat, db: psycopg.Connection[Any]) -> tuple[Trip, lis
     return trip, events
 
 
+def started_counters(make_counters: Callable[..., RedisCounters], db: psycopg.Connection[Any]) -> RedisCounters:
+    """Redis projections after a runner's first step on an empty Redis (a rebuild at 0)."""
+    counters = make_counters()
+    with db.transaction(), db.cursor() as cursor:
+        counters.rebuild(cursor, 0)
+    return counters
+
+
 @pytest.fixture
 def make_counters(redis_url: str, redis_client: redis.Redis) -> Iterator[Callable[..., RedisCounters]]:
     """Redis projections on their own clients, as separate processes would have."""
@@ -522,9 +530,8 @@ class TestRedelivery:
     ) -> None:
         # Step 1: the trip projected into Postgres, then its Redis values refreshed once.
         trip, events = trip_in_postgres(chat, db)
-        counters = make_counters()
+        counters = started_counters(make_counters, db)
         with db.transaction(), db.cursor() as cursor:
-            counters.rebuild(cursor, 0)  # a runner's first step on an empty Redis
             counters.refresh(cursor, fold(events))
         once = redis_values(redis_client)
         assert_redis_holds_the_trip(redis_client, trip)
@@ -543,9 +550,7 @@ class TestRedelivery:
         self, chat: Chat, db: psycopg.Connection[Any], make_counters: Any, redis_client: redis.Redis
     ) -> None:
         trip, events = trip_in_postgres(chat, db)
-        counters = make_counters()
-        with db.transaction(), db.cursor() as cursor:
-            counters.rebuild(cursor, 0)
+        counters = started_counters(make_counters, db)
         redis_client.script_flush()  # as a restarted Redis: scripts are not persisted
 
         with db.transaction(), db.cursor() as cursor:
