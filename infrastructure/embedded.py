@@ -19,6 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 log = logging.getLogger(__name__)
 
 REDIS_SERVER_CONFIG = {
@@ -81,7 +85,11 @@ class EmbeddedRedis:
             if force or not pids:
                 try:
                     # Saves first (the data dir outlives the process); Redis 6.2: no NOW/FORCE.
-                    self._client.shutdown(nosave=force)
+                    # On a client of its own that never retries: Redis drops the connection as
+                    # it exits, and the default client's retries then slept ~4 s reconnecting
+                    # to a server that was gone (every `loopify replay`/`audit` paid it).
+                    with redis.Redis(unix_socket_path=self._client.socket_file, retry=Retry(NoBackoff(), 0)) as admin:
+                        admin.shutdown(nosave=force)
                 except Exception:  # already gone, or the connection dropped as it shut down
                     pass
             self._client._cleanup()  # closes our connection (stops the server if still ours alone)

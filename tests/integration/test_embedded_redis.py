@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import redis
+import redis.retry
 
 from infrastructure.embedded import EmbeddedRedis
 
@@ -68,3 +70,25 @@ def test_a_server_another_live_process_is_attached_to_keeps_running(tmp_path: Pa
     embedded.start()
     embedded.stop()
     assert wait_gone(pid)
+
+
+def test_the_last_stop_saves_the_data_without_waiting_on_reconnect_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    embedded = EmbeddedRedis(tmp_path)
+    url = embedded.start()
+    pid = server_pid(url)
+    redis.Redis.from_url(url).set("kept", "yes")
+    # Redis drops every connection as it exits; a redis-py client that retries sleeps (in
+    # redis.retry) before each attempt to reconnect to the server that is gone.
+    slept: list[float] = []
+    monkeypatch.setattr(redis.retry, "sleep", lambda seconds: (slept.append(seconds), time.sleep(seconds)))
+
+    embedded.stop()
+
+    assert slept == [], f"the stop slept {sum(slept):.1f} s retrying a server that had exited"
+    monkeypatch.undo()
+    assert wait_gone(pid)
+    again = EmbeddedRedis(tmp_path)
+    try:
+        assert redis.Redis.from_url(again.start()).get("kept") == b"yes"
+    finally:
+        again.stop()
