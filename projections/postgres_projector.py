@@ -160,6 +160,24 @@ MESSAGE_COLUMNS = (
 )
 
 
+def apply_message_updates(cursor: Cursor[Any], schema: str, changes: ReadModelChanges) -> None:
+    """Edits and deletions of messages written before this batch (part of `apply`; a rebuild
+    runs it before the messages table has indexes, when rewriting a row costs least)."""
+    if not changes.message_updates:
+        return
+    updates = [[message_id, *values] for message_id, values in changes.message_updates.items()]
+    cursor.execute(
+        _statement(
+            "UPDATE {s}.messages m SET content = v.content, edited_at = coalesce(v.edited_at, m.edited_at),"
+            " deleted_at = coalesce(v.deleted_at, m.deleted_at)"
+            " FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[])"
+            " AS v(id, content, edited_at, deleted_at) WHERE m.id = v.id",
+            schema,
+        ),
+        _columns(updates, 4),
+    )
+
+
 def apply(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, expected_position: int) -> None:
     """Write the folded changes and advance tracking, inside the caller's transaction."""
     cursor.execute(_statement("SELECT position FROM {s}.tracking WHERE name = 'postgres' FOR UPDATE", schema))
@@ -195,18 +213,7 @@ def apply(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, expected_
         )
     if changes.messages:
         _copy(cursor, schema, "messages", MESSAGE_COLUMNS, changes.messages.values())
-    if changes.message_updates:
-        updates = [[message_id, *values] for message_id, values in changes.message_updates.items()]
-        cursor.execute(
-            _statement(
-                "UPDATE {s}.messages m SET content = v.content, edited_at = coalesce(v.edited_at, m.edited_at),"
-                " deleted_at = coalesce(v.deleted_at, m.deleted_at)"
-                " FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[])"
-                " AS v(id, content, edited_at, deleted_at) WHERE m.id = v.id",
-                schema,
-            ),
-            _columns(updates, 4),
-        )
+    apply_message_updates(cursor, schema, changes)
     if changes.touched:  # every conversation with a new tip was touched too: one statement
         tips = changes.tips
         rows = [[cid, *(tips.get(cid) or (None, None, None)), at] for cid, at in changes.touched.items()]
