@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket
 
-from interfaces.ws.wire import DirectWriter, wire_frame
+from interfaces.ws.wire import DirectWriter, at_end_of_iteration, wire_frame
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class Connection:
         # sockets per process is a target; an asyncio.Queue and a task cost ~3 KB each).
         self._pending: deque[str] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        # Frames (text, wire bytes) for the direct path, written together at the end of this
+        # event-loop iteration (see wire.py); None while there are none.
+        self._corked: list[tuple[str, bytes]] | None = None
         self.closed = False
 
     def start(self) -> None:
@@ -71,8 +74,30 @@ class Connection:
     def send_text(self, text: str) -> None:
         if self.closed:
             return
-        # Nothing queued or in flight: the frame may go to the socket now, in order.
-        if self._flusher is None and self._direct is not None and self._direct(wire_frame(text)):
+        # Nothing queued or in flight: the frame goes straight to the socket, in order, with
+        # whatever else this iteration sends it. The bytes are built now: a fan-out passes the
+        # same text to every device in a row, and wire_frame caches only the last one.
+        if self._flusher is None and self._direct is not None:
+            if self._corked is None:
+                self._corked = []
+                at_end_of_iteration(self._write_corked)
+            self._corked.append((text, wire_frame(text)))
+            return
+        self._enqueue(text)
+
+    def _write_corked(self) -> None:
+        corked, self._corked = self._corked, None
+        if not corked or self.closed:
+            return
+        if self._flusher is None and self._direct is not None:
+            frames = corked[0][1] if len(corked) == 1 else b"".join(frame for _, frame in corked)
+            if self._direct(frames):
+                return
+        for text, _ in corked:  # closing, or paused by flow control: the ASGI path, in order
+            self._enqueue(text)
+
+    def _enqueue(self, text: str) -> None:
+        if self.closed:
             return
         if self._pending is None:
             self._pending = deque()
