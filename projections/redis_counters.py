@@ -62,6 +62,9 @@ class DerivedValues:
     """What a batch changed in Redis, read from Postgres; written by `RedisCounters.write`."""
 
     unread: dict[str, dict[str, int]]  # user -> conversation -> unread (non-zero only)
+    # user -> a conversation of this batch's messages they are a member of: their new total
+    # may go out on its channel (users not in it, whose own membership changed, go direct)
+    via: dict[str, str]
     last_messages: dict[str, str | None]  # conversation -> inbox JSON (None: no message left)
     position: int
 
@@ -86,8 +89,10 @@ class RedisCounters:
         calls this inside the batch's own transaction, after `apply`: one transaction)."""
         users = {user for _, user in changes.unread_users}
         conversations = list(changes.unread_conversations)
+        via: dict[str, str] = {}
         return DerivedValues(
-            unread=self._read_unread(cursor, sorted(users), conversations),
+            unread=self._read_unread(cursor, sorted(users), conversations, via=via),
+            via=via,
             last_messages=self._read_last_messages(cursor, list(changes.last_message_conversations)),
             position=changes.position,
         )
@@ -123,9 +128,12 @@ class RedisCounters:
     # ---- values -------------------------------------------------------------------------------
 
     @staticmethod
-    def _read_unread(cursor: Cursor[Any], users: list[str], conversations: list[Any]) -> dict[str, dict[str, int]]:
+    def _read_unread(
+        cursor: Cursor[Any], users: list[str], conversations: list[Any], *, via: dict[str, str] | None = None
+    ) -> dict[str, dict[str, int]]:
         """Per user, the unread count of each conversation: `users`, and every active member of
-        `conversations` (a new message there changed their counts), in one statement."""
+        `conversations` (a new message there changed their counts), in one statement. Fills
+        `via` with one of `conversations` for each member of them not in `users`."""
         if not users and not conversations:
             return {}
         cursor.execute(
@@ -136,10 +144,16 @@ class RedisCounters:
             (users, conversations),
         )
         per_user: dict[str, dict[str, int]] = {user: {} for user in users}
+        routes = set(conversations) if via is not None else ()
         for user, conversation_id, unread in cursor.fetchall():
             counts = per_user.setdefault(user, {})
             if unread:
                 counts[str(conversation_id)] = int(unread)
+            if conversation_id in routes:
+                via.setdefault(user, str(conversation_id))  # type: ignore[union-attr]
+        if via:
+            for user in users:  # joined, left or read in this batch: their own channel
+                via.pop(user, None)
         return per_user
 
     @staticmethod

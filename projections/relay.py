@@ -7,8 +7,13 @@ becomes the exact client frame, encoded once; api nodes forward the text untouch
 Channels keep nodes from receiving all traffic:
   conv:{conversationId}   messages, edits, deletes, receipts, typing — one publish per event,
                           received only by nodes with a member of that conversation connected;
-  user:{userId}           unread counts and membership changes (a node then subscribes to the
-                          new conversation's channel and catches up from the read model).
+  user:{userId}           membership changes (a node then subscribes to the new conversation's
+                          channel and catches up from the read model), and unread counts that
+                          have no conversation to go through.
+
+Unread counts changed by a message go through that message's conversation channel, one envelope
+per conversation with every member's total ({"kind": "unread", "counts": {userId: total}}): a
+message to a 1,000-member group used to cost 1,000 publishes, each parsed by every node.
 
 Envelope: {"kind", "conversationId", "seq"?, "userId"?, "isMember"?, "frame": "<client frame>"}.
 Live delivery is at-least-once across relay crashes: `RELAY_POSITION_KEY` records what was
@@ -61,6 +66,10 @@ def frame(event: str, data: dict[str, Any]) -> str:
     return orjson.dumps({"event": event, "data": data}).decode()
 
 
+def unread_frame(total: int) -> str:
+    return frame("unread_count", {"count": total})
+
+
 def _iso(moment: Any) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
 
@@ -95,16 +104,23 @@ class Relay:
         redis_batch.execute(self.client, commands)
         return count
 
-    def publish_unread(self, unread_totals: dict[str, int]) -> None:
+    def publish_unread(self, unread_totals: dict[str, int], via: dict[str, str] | None = None) -> None:
         """Each user's new unread total, to their devices (after the batch's messages: a
-        message to a large group changes a count per member, and the message comes first)."""
-        redis_batch.execute(
-            self.client,
-            [
-                ("PUBLISH", user_channel(user), _envelope("user", None, frame("unread_count", {"count": total})))
-                for user, total in unread_totals.items()
-            ],
-        )
+        message to a large group changes a count per member, and the message comes first).
+        A user with a conversation in `via` gets it in that conversation's one envelope."""
+        via = via or {}
+        by_conversation: dict[str, dict[str, int]] = {}
+        commands: list[Command] = []
+        for user, total in unread_totals.items():
+            cid = via.get(user)
+            if cid is not None:
+                by_conversation.setdefault(cid, {})[user] = total
+            else:
+                commands.append(("PUBLISH", user_channel(user), _envelope("user", None, unread_frame(total))))
+        for cid, counts in by_conversation.items():
+            envelope = orjson.dumps({"kind": "unread", "conversationId": cid, "counts": counts}).decode()
+            commands.append(("PUBLISH", conversation_channel(cid), envelope))
+        redis_batch.execute(self.client, commands)
 
     # ---- envelopes per event --------------------------------------------------------------
 

@@ -215,7 +215,7 @@ class ProjectionRunner:
                 log.warning("Redis projection refresh failed: %s", error)
             else:
                 if self._unread_pushes is not None and relay is not None and not self._relay_behind:
-                    self._unread_pushes.add(totals)
+                    self._unread_pushes.add(totals, derived.via)
         return changes.position
 
     def _push_unread(self) -> float | None:

@@ -25,7 +25,8 @@ from broadcaster import Broadcast
 
 from interfaces.serialization import message_json
 from interfaces.ws.connection import Connection
-from projections.relay import conversation_channel, user_channel  # one naming, publisher and subscriber
+# One naming and one frame shape, publisher and subscriber:
+from projections.relay import conversation_channel, unread_frame, user_channel
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,14 @@ class Hub:
                 device.send_text(envelope["frame"])
         elif kind == "membership":
             await self._membership(envelope)
+        elif kind == "unread":  # members' new totals, one envelope for the conversation
+            frames: dict[int, str] = {}  # totals repeat across members: one frame per value
+            for user, total in envelope["counts"].items():
+                devices = self.connections.get(user)
+                if devices:
+                    text = frames.get(total) or frames.setdefault(total, unread_frame(total))
+                    for device in devices:
+                        device.send_text(text)
         else:
             cid = envelope["conversationId"]
             devices = [device for user in self.members.get(cid, ()) for device in self.devices(user)]

@@ -10,7 +10,7 @@ import redis
 
 from domain.conversation import Conversation
 from domain.values import ConversationType
-from projections.relay import TYPING_KEY, Relay, conversation_channel
+from projections.relay import TYPING_KEY, Relay, conversation_channel, unread_frame, user_channel
 
 RECEIVE_TIMEOUT_S = 2.0
 
@@ -50,3 +50,24 @@ def test_a_batch_of_typing_changes_and_a_message_gives_each_typing_list_in_event
         "typing_update", "typing_update", "message_received", "typing_update", "message_received", "typing_update",
     ]  # fmt: skip
     assert redis.Redis.from_url(redis_url).smembers(TYPING_KEY.format(conversation.id)) == set()
+
+
+def test_unread_totals_with_a_route_share_one_envelope_per_conversation_and_the_rest_go_direct(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    subscriber = client.pubsub(ignore_subscribe_messages=True)
+    channels = [conversation_channel("group"), user_channel("dave")]
+    subscriber.subscribe(*channels)
+    for _ in channels:
+        subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)  # the subscribe confirmations
+    try:
+        Relay(client).publish_unread({"alice": 2, "bob": 2, "dave": 7}, {"alice": "group", "bob": "group"})
+        envelopes = []
+        while (message := subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)) is not None:
+            envelopes.append((message["channel"].decode(), orjson.loads(message["data"])))
+    finally:
+        subscriber.close()
+
+    assert sorted(envelopes, key=lambda pair: pair[0]) == [
+        ("conv:group", {"kind": "unread", "conversationId": "group", "counts": {"alice": 2, "bob": 2}}),
+        ("user:dave", {"kind": "user", "conversationId": None, "frame": unread_frame(7)}),
+    ]

@@ -1,4 +1,5 @@
-"""Unread-count pushes are coalesced per interval, latest total per user, first one at once."""
+"""Unread-count pushes are coalesced per interval, latest total per user (with the route of
+its latest change), first one at once."""
 
 from __future__ import annotations
 
@@ -15,14 +16,26 @@ class Clock:
         return self.now
 
 
+class Pushed(list):  # type: ignore[type-arg]
+    """The publish callback: records each push's totals (and, in `routes`, their routes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routes: list[dict[str, str]] = []
+
+    def __call__(self, totals: dict[str, int], via: dict[str, str]) -> None:
+        self.append(dict(totals))
+        self.routes.append(dict(via))
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
 
 
 def test_the_first_change_after_a_quiet_interval_is_pushed_at_once(clock: Clock) -> None:
-    pushed: list[dict[str, int]] = []
-    pushes = UnreadPushes(pushed.append, every_s=0.2, clock=clock)
+    pushed = Pushed()
+    pushes = UnreadPushes(pushed, every_s=0.2, clock=clock)
 
     pushes.add({"alice": 1})
 
@@ -31,8 +44,8 @@ def test_the_first_change_after_a_quiet_interval_is_pushed_at_once(clock: Clock)
 
 
 def test_changes_within_the_interval_go_out_together_with_each_users_latest_total(clock: Clock) -> None:
-    pushed: list[dict[str, int]] = []
-    pushes = UnreadPushes(pushed.append, every_s=0.25, clock=clock)  # binary fractions: exact sums
+    pushed = Pushed()
+    pushes = UnreadPushes(pushed, every_s=0.25, clock=clock)  # binary fractions: exact sums
     pushes.add({"alice": 1})
     pushes.flush()
 
@@ -49,7 +62,7 @@ def test_changes_within_the_interval_go_out_together_with_each_users_latest_tota
 
 
 def test_nothing_pending_means_nothing_is_due(clock: Clock) -> None:
-    pushes = UnreadPushes(lambda totals: None, clock=clock)
+    pushes = UnreadPushes(lambda totals, via: None, clock=clock)
 
     assert pushes.flush() is None
 
@@ -57,7 +70,7 @@ def test_nothing_pending_means_nothing_is_due(clock: Clock) -> None:
 def test_a_failed_publish_keeps_the_totals_for_the_next_try(clock: Clock) -> None:
     attempts: list[dict[str, int]] = []
 
-    def publish(totals: dict[str, int]) -> None:
+    def publish(totals: dict[str, int], via: dict[str, str]) -> None:
         attempts.append(dict(totals))
         if len(attempts) == 1:
             raise ConnectionError("redis is down")
@@ -72,10 +85,26 @@ def test_a_failed_publish_keeps_the_totals_for_the_next_try(clock: Clock) -> Non
 
 
 def test_discarded_totals_are_never_pushed(clock: Clock) -> None:
-    pushed: list[dict[str, int]] = []
-    pushes = UnreadPushes(pushed.append, clock=clock)
+    pushed = Pushed()
+    pushes = UnreadPushes(pushed, clock=clock)
     pushes.add({"alice": 1})
 
     pushes.discard()
 
     assert pushes.flush() is None and pushed == []
+
+
+def test_each_total_goes_by_the_route_of_its_latest_change(clock: Clock) -> None:
+    pushed = Pushed()
+    pushes = UnreadPushes(pushed, every_s=0.25, clock=clock)
+    pushes.add({"alice": 1}, {"alice": "group"})
+    pushes.flush()
+
+    clock.now += 0.0625
+    pushes.add({"alice": 2, "bob": 1, "carol": 4}, {"alice": "group", "bob": "group", "carol": "shop"})
+    pushes.add({"bob": 0})  # bob read: his own channel, as the read's total says
+    clock.now += 0.25
+    pushes.flush()
+
+    assert pushed == [{"alice": 1}, {"alice": 2, "bob": 0, "carol": 4}]
+    assert pushed.routes == [{"alice": "group"}, {"alice": "group", "carol": "shop"}]
