@@ -17,6 +17,7 @@ Keys (seed names kept):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -90,10 +91,11 @@ class RedisCounters:
         users = {user for _, user in changes.unread_users}
         conversations = list(changes.unread_conversations)
         via: dict[str, str] = {}
+        last_seqs: dict[Any, int] = {}
         return DerivedValues(
-            unread=self._read_unread(cursor, sorted(users), conversations, via=via),
+            unread=self._read_unread(cursor, sorted(users), conversations, via=via, last_seqs=last_seqs),
             via=via,
-            last_messages=self._read_last_messages(cursor, list(changes.last_message_conversations)),
+            last_messages=self._last_messages(cursor, changes, last_seqs),
             position=changes.position,
         )
 
@@ -129,32 +131,64 @@ class RedisCounters:
 
     @staticmethod
     def _read_unread(
-        cursor: Cursor[Any], users: list[str], conversations: list[Any], *, via: dict[str, str] | None = None
+        cursor: Cursor[Any],
+        users: list[str],
+        conversations: list[Any],
+        *,
+        via: dict[str, str] | None = None,
+        last_seqs: dict[Any, int] | None = None,
     ) -> dict[str, dict[str, int]]:
         """Per user, the unread count of each conversation: `users`, and every active member of
         `conversations` (a new message there changed their counts), in one statement. Fills
-        `via` with one of `conversations` for each member of them not in `users`."""
+        `via` with one of `conversations` for each member of them not in `users`, and
+        `last_seqs` with the last seq of each conversation it saw (of `conversations`: all)."""
         if not users and not conversations:
             return {}
         cursor.execute(
-            "SELECT p.user_id, p.conversation_id, greatest(c.last_seq - p.read_up_to, 0)"
+            "SELECT p.user_id, p.conversation_id, greatest(c.last_seq - p.read_up_to, 0), c.last_seq"
             " FROM read.conversation_participants p JOIN read.conversations c ON c.id = p.conversation_id"
             " WHERE p.is_active AND p.user_id IN (SELECT unnest(%s::text[]) UNION"
             "  SELECT user_id FROM read.conversation_participants WHERE conversation_id = ANY(%s) AND is_active)",
             (users, conversations),
         )
         per_user: dict[str, dict[str, int]] = {user: {} for user in users}
-        routes = set(conversations) if via is not None else ()
-        for user, conversation_id, unread in cursor.fetchall():
+        routes = set(conversations)
+        for user, conversation_id, unread, last_seq in cursor.fetchall():
             counts = per_user.setdefault(user, {})
             if unread:
                 counts[str(conversation_id)] = int(unread)
-            if conversation_id in routes:
-                via.setdefault(user, str(conversation_id))  # type: ignore[union-attr]
+            if via is not None and conversation_id in routes:
+                via.setdefault(user, str(conversation_id))
+            if last_seqs is not None:
+                last_seqs[conversation_id] = last_seq
         if via:
             for user in users:  # joined, left or read in this batch: their own channel
                 via.pop(user, None)
         return per_user
+
+    @classmethod
+    def _last_messages(
+        cls, cursor: Cursor[Any], changes: ReadModelChanges, last_seqs: dict[Any, int]
+    ) -> dict[str, str | None]:
+        """The inbox JSON of each conversation whose last message may have changed. When the
+        read model's last seq (`last_seqs`, read with the unread counts) is that of a message
+        sent in this batch, the row is the batch's own (edits in the batch included). Only the
+        rest is read back: an edit or deletion of an older last message, or a batch applied
+        again after later ones (the values come from the read model, whatever the batch)."""
+        inbox: dict[str, str | None] = {}
+        unknown: list[Any] = []
+        for conversation_id in changes.last_message_conversations:
+            tip = changes.tips.get(conversation_id)
+            row = changes.messages.get(tip[1]) if tip is not None else None
+            if row is None or last_seqs.get(conversation_id) != row[2]:
+                unknown.append(conversation_id)
+                continue
+            message_id, _, seq, _, sender, content, message_type, _, _, created, edited, deleted = row
+            inbox[str(conversation_id)] = _inbox_json(
+                conversation_id, message_id, sender, content, message_type, seq, created, edited, deleted
+            )
+        inbox.update(cls._read_last_messages(cursor, unknown))
+        return inbox
 
     @staticmethod
     def _read_last_messages(cursor: Cursor[Any], conversation_ids: list[Any]) -> dict[str, str | None]:
@@ -166,22 +200,34 @@ class RedisCounters:
             " WHERE c.id = ANY(%s)",
             (conversation_ids,),
         )
-        inbox: dict[str, str | None] = {}
-        for conversation_id, message_id, sender, content, message_type, seq, created, edited, deleted in cursor.fetchall():
-            inbox[str(conversation_id)] = None if message_id is None else orjson.dumps(
-                {
-                    "id": str(message_id),
-                    "conversationId": str(conversation_id),
-                    "senderId": sender,
-                    "content": content,
-                    "messageType": message_type,
-                    "seq": seq,
-                    "createdAt": created.isoformat(),
-                    "editedAt": edited.isoformat() if edited else None,
-                    "deletedAt": deleted.isoformat() if deleted else None,
-                }
-            ).decode()
-        return inbox
+        return {
+            str(row[0]): None if row[1] is None else _inbox_json(*row)  # no message left: no inbox row
+            for row in cursor.fetchall()
+        }
+
+
+def _inbox_json(
+    conversation_id: Any, message_id: Any, sender: str, content: str | None, message_type: str, seq: int,
+    created: datetime, edited: datetime | None, deleted: datetime | None,
+) -> str:
+    return orjson.dumps(
+        {
+            "id": str(message_id),
+            "conversationId": str(conversation_id),
+            "senderId": sender,
+            "content": content,
+            "messageType": message_type,
+            "seq": seq,
+            # In UTC whatever the session's time zone: built from events or read back, alike.
+            "createdAt": _utc_iso(created),
+            "editedAt": _utc_iso(edited) if edited else None,
+            "deletedAt": _utc_iso(deleted) if deleted else None,
+        }
+    ).decode()
+
+
+def _utc_iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat()
 
 
 def _unread_commands(commands: list[Command], unread: dict[str, dict[str, int]]) -> dict[str, int]:

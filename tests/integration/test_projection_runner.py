@@ -354,6 +354,21 @@ def trip_in_postgres(chat: Chat, db: psycopg.Connection[Any]) -> tuple[Trip, lis
     return trip, events
 
 
+class RecordingCursor:
+    """A cursor that notes each statement it runs (what a read asked Postgres)."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self.cursor = cursor
+        self.statements: list[str] = []
+
+    def execute(self, query: Any, params: Any = None) -> psycopg.Cursor[Any]:
+        self.statements.append(query if isinstance(query, str) else query.decode())
+        return self.cursor.execute(query, params)
+
+    def fetchall(self) -> list[Any]:
+        return self.cursor.fetchall()
+
+
 def started_counters(make_counters: Callable[..., RedisCounters], db: psycopg.Connection[Any]) -> RedisCounters:
     """Redis projections after a runner's first step on an empty Redis (a rebuild at 0)."""
     counters = make_counters()
@@ -545,6 +560,25 @@ class TestRedelivery:
             counters.refresh(cursor, fold(events[-5:]))
             counters.refresh(cursor, fold(events[:3]))  # an old, slow refresh arriving late
         assert redis_values(redis_client) == once
+
+    def test_last_messages_sent_in_the_batch_are_not_read_back_unless_the_model_moved_on(
+        self, chat: Chat, db: psycopg.Connection[Any], make_counters: Any, redis_client: redis.Redis
+    ) -> None:
+        trip, events = trip_in_postgres(chat, db)
+        counters = started_counters(make_counters, db)
+
+        # The whole log as one batch: every conversation's last message is the batch's own.
+        with db.transaction(), db.cursor() as cursor:
+            recording = RecordingCursor(cursor)
+            counters.write(counters.read(recording, fold(events)))  # type: ignore[arg-type]
+        assert not [statement for statement in recording.statements if "last_message_id" in statement]
+        assert_redis_holds_the_trip(redis_client, trip)
+
+        # An old batch after later ones: its messages are no longer the last, so they are read.
+        with db.transaction(), db.cursor() as cursor:
+            recording = RecordingCursor(cursor)
+            counters.read(recording, fold(events[:4]))  # type: ignore[arg-type]
+        assert [statement for statement in recording.statements if "last_message_id" in statement]
 
     def test_a_refresh_after_redis_forgot_its_scripts_loads_them_again_and_writes_everything(
         self, chat: Chat, db: psycopg.Connection[Any], make_counters: Any, redis_client: redis.Redis
