@@ -52,6 +52,7 @@ from projections import runner as runner_module
 from projections.postgres_projector import TrackingConflictError, apply, fold
 from projections.redis_counters import (
     POSITION_KEY,
+    DerivedValues,
     RedisCounters,
     last_message_key,
     unread_by_conversation_key,
@@ -354,6 +355,19 @@ def trip_in_postgres(chat: Chat, db: psycopg.Connection[Any]) -> tuple[Trip, lis
     return trip, events
 
 
+def read_recording_statements(
+    db: psycopg.Connection[Any], counters: RedisCounters, events: list[tuple[int, Any]]
+) -> tuple[DerivedValues, list[str]]:
+    """What `counters.read` derives from `events` as one batch, and the statements it ran."""
+    with db.transaction(), db.cursor() as cursor:
+        recording = RecordingCursor(cursor)
+        return counters.read(recording, fold(events)), recording.statements  # type: ignore[arg-type]
+
+
+def last_message_reads(statements: list[str]) -> list[str]:
+    return [statement for statement in statements if "last_message_id" in statement]
+
+
 class RecordingCursor:
     """A cursor that notes each statement it runs (what a read asked Postgres)."""
 
@@ -568,17 +582,14 @@ class TestRedelivery:
         counters = started_counters(make_counters, db)
 
         # The whole log as one batch: every conversation's last message is the batch's own.
-        with db.transaction(), db.cursor() as cursor:
-            recording = RecordingCursor(cursor)
-            counters.write(counters.read(recording, fold(events)))  # type: ignore[arg-type]
-        assert not [statement for statement in recording.statements if "last_message_id" in statement]
+        derived, statements = read_recording_statements(db, counters, events)
+        assert not last_message_reads(statements)
+        counters.write(derived)
         assert_redis_holds_the_trip(redis_client, trip)
 
         # An old batch after later ones: its messages are no longer the last, so they are read.
-        with db.transaction(), db.cursor() as cursor:
-            recording = RecordingCursor(cursor)
-            counters.read(recording, fold(events[:4]))  # type: ignore[arg-type]
-        assert [statement for statement in recording.statements if "last_message_id" in statement]
+        _, statements = read_recording_statements(db, counters, events[:4])
+        assert last_message_reads(statements)
 
     def test_a_refresh_after_redis_forgot_its_scripts_loads_them_again_and_writes_everything(
         self, chat: Chat, db: psycopg.Connection[Any], make_counters: Any, redis_client: redis.Redis
