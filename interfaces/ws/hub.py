@@ -3,7 +3,8 @@ delivers each published frame to the right local sockets.
 
 A node subscribes to `user:{id}` for every connected user and to `conv:{id}` for every
 conversation one of them belongs to, so it receives only the traffic of its own users. Each
-published message is decoded once and its pre-encoded client frame forwarded untouched.
+published message is decoded once and its pre-encoded client frame forwarded untouched; the
+one envelope without a frame, a conversation's unread totals, becomes one frame per total.
 
 Gaps are filled from the read model, never guessed: when a user joins a conversation (the
 first messages may be published before the node's SUBSCRIBE lands), and when the Redis link
