@@ -30,6 +30,8 @@ from projections.postgres_projector import ReadModelChanges
 from projections.redis_batch import Arg, Command
 
 POSITION_KEY = "projection:redis:position"
+# (user_id, conversation_id, unread, the conversation's last seq): one active membership
+Membership = tuple[str, Any, int, int]
 REBUILD_CHUNK = 1000  # users (or conversations) per query and pipeline during a full rebuild
 
 # Move the position forward only: a slow, older writer must never move it back. A missing
@@ -88,13 +90,13 @@ class RedisCounters:
     def read(self, cursor: Cursor[Any], changes: ReadModelChanges) -> DerivedValues:
         """The values the batch may have changed, as the read model holds them (the runner
         calls this inside the batch's own transaction, after `apply`: one transaction)."""
-        users = {user for _, user in changes.unread_users}
+        users = sorted({user for _, user in changes.unread_users})
         conversations = list(changes.unread_conversations)
-        via: dict[str, str] = {}
-        last_seqs: dict[Any, int] = {}
+        memberships = self._read_memberships(cursor, users, conversations)
+        last_seqs = {conversation_id: last_seq for _, conversation_id, _, last_seq in memberships}
         return DerivedValues(
-            unread=self._read_unread(cursor, sorted(users), conversations, via=via, last_seqs=last_seqs),
-            via=via,
+            unread=_unread_by_user(memberships, users),
+            via=_routes(memberships, conversations, users),
             last_messages=self._last_messages(cursor, changes, last_seqs),
             position=changes.position,
         )
@@ -122,7 +124,8 @@ class RedisCounters:
         conversations = [row[0] for row in cursor.fetchall()]
         for start in range(0, max(len(users), len(conversations)), REBUILD_CHUNK):
             commands: list[Command] = []
-            _unread_commands(commands, self._read_unread(cursor, users[start : start + REBUILD_CHUNK], []))
+            chunk = users[start : start + REBUILD_CHUNK]
+            _unread_commands(commands, _unread_by_user(self._read_memberships(cursor, chunk, []), chunk))
             _last_message_commands(commands, self._read_last_messages(cursor, conversations[start : start + REBUILD_CHUNK]))
             redis_batch.execute(self.client, commands)
         self.client.set(POSITION_KEY, position)
@@ -130,20 +133,11 @@ class RedisCounters:
     # ---- values -------------------------------------------------------------------------------
 
     @staticmethod
-    def _read_unread(
-        cursor: Cursor[Any],
-        users: list[str],
-        conversations: list[Any],
-        *,
-        via: dict[str, str] | None = None,
-        last_seqs: dict[Any, int] | None = None,
-    ) -> dict[str, dict[str, int]]:
-        """Per user, the unread count of each conversation: `users`, and every active member of
-        `conversations` (a new message there changed their counts), in one statement. Fills
-        `via` with one of `conversations` for each member of them not in `users`, and
-        `last_seqs` with the last seq of each conversation it saw (of `conversations`: all)."""
+    def _read_memberships(cursor: Cursor[Any], users: list[str], conversations: list[Any]) -> list[Membership]:
+        """Every active membership of `users` and of every active member of `conversations` (a
+        new message there changed their counts), with its unread count, in one statement."""
         if not users and not conversations:
-            return {}
+            return []
         cursor.execute(
             "SELECT p.user_id, p.conversation_id, greatest(c.last_seq - p.read_up_to, 0), c.last_seq"
             " FROM read.conversation_participants p JOIN read.conversations c ON c.id = p.conversation_id"
@@ -151,20 +145,7 @@ class RedisCounters:
             "  SELECT user_id FROM read.conversation_participants WHERE conversation_id = ANY(%s) AND is_active)",
             (users, conversations),
         )
-        per_user: dict[str, dict[str, int]] = {user: {} for user in users}
-        routes = set(conversations)
-        for user, conversation_id, unread, last_seq in cursor.fetchall():
-            counts = per_user.setdefault(user, {})
-            if unread:
-                counts[str(conversation_id)] = int(unread)
-            if via is not None and conversation_id in routes:
-                via.setdefault(user, str(conversation_id))
-            if last_seqs is not None:
-                last_seqs[conversation_id] = last_seq
-        if via:
-            for user in users:  # joined, left or read in this batch: their own channel
-                via.pop(user, None)
-        return per_user
+        return cursor.fetchall()
 
     @classmethod
     def _last_messages(
@@ -204,6 +185,29 @@ class RedisCounters:
             str(row[0]): None if row[1] is None else _inbox_json(*row)  # no message left: no inbox row
             for row in cursor.fetchall()
         }
+
+
+def _unread_by_user(memberships: list[Membership], users: list[str]) -> dict[str, dict[str, int]]:
+    """Per user, the unread count of each conversation (non-zero only): every user seen, and
+    every one of `users` (an empty dict clears their counts)."""
+    per_user: dict[str, dict[str, int]] = {user: {} for user in users}
+    for user, conversation_id, unread, _ in memberships:
+        counts = per_user.setdefault(user, {})
+        if unread:
+            counts[str(conversation_id)] = int(unread)
+    return per_user
+
+
+def _routes(memberships: list[Membership], conversations: list[Any], users: list[str]) -> dict[str, str]:
+    """For each member of `conversations`, one of them: its channel, which their node follows,
+    carries their new total. Not for `users`: their own membership or reads changed (a join, a
+    leave), so their total goes on their own channel."""
+    through, direct = set(conversations), set(users)
+    via: dict[str, str] = {}
+    for user, conversation_id, _, _ in memberships:
+        if conversation_id in through and user not in direct:
+            via.setdefault(user, str(conversation_id))
+    return via
 
 
 def _inbox_json(

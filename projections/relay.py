@@ -104,11 +104,10 @@ class Relay:
         redis_batch.execute(self.client, commands)
         return count
 
-    def publish_unread(self, unread_totals: dict[str, int], via: dict[str, str] | None = None) -> None:
+    def publish_unread(self, unread_totals: dict[str, int], via: dict[str, str]) -> None:
         """Each user's new unread total, to their devices (after the batch's messages: a
         message to a large group changes a count per member, and the message comes first).
         A user with a conversation in `via` gets it in that conversation's one envelope."""
-        via = via or {}
         by_conversation: dict[str, dict[str, int]] = {}
         commands: list[Command] = []
         for user, total in unread_totals.items():

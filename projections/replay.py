@@ -245,7 +245,7 @@ class Replay:
         # then (with them) reads what the copied messages imply for the other tables.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="replay-index") as pool:
             search = pool.submit(self._build_indexes, [search_index])
-            implied = pool.submit(self._build_indexes, other_indexes, then=_latest_messages(schema))
+            implied = pool.submit(self._build_indexes_then_fetch, other_indexes, _latest_messages(schema))
             latest = implied.result()
             search.result()
         _merge_what_messages_imply(changes, latest)
@@ -255,19 +255,19 @@ class Replay:
         log.info("replay: indexes built and state written at %.1f s", time.monotonic() - began)
         return head, events
 
-    def _build_indexes(self, statements: list[sql.Composed], *, then: sql.Composed | None = None) -> list[Any]:
-        """Several CREATE INDEX on one table may run at once (they take SHARE locks). `then`, a
-        query run once they are committed, may use them; its rows are returned."""
-        with psycopg.connect(self.database_url) as conn:
-            with conn.transaction(), conn.cursor() as cursor:
-                cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")  # index builds sort in memory
-                for statement in statements:
-                    cursor.execute(statement)
-            if then is None:
-                return []
-            with conn.transaction(), conn.cursor() as cursor:
-                cursor.execute(then)
-                return cursor.fetchall()
+    def _build_indexes(self, statements: list[sql.Composed]) -> None:
+        """Several CREATE INDEX on one table may run at once (they take SHARE locks)."""
+        with psycopg.connect(self.database_url) as conn, conn.transaction(), conn.cursor() as cursor:
+            cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")  # index builds sort in memory
+            for statement in statements:
+                cursor.execute(statement)
+
+    def _build_indexes_then_fetch(self, statements: list[sql.Composed], query: sql.Composed) -> list[Any]:
+        """Build the indexes, then run `query`, which may use them (they are committed)."""
+        self._build_indexes(statements)
+        with psycopg.connect(self.database_url) as conn, conn.cursor() as cursor:
+            cursor.execute(query)
+            return cursor.fetchall()
 
     def _copy_messages_in_bulk(
         self, schema: str, source: BulkMessageSource, ranges: list[tuple[int, int]], head: int, began: float

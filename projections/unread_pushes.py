@@ -30,25 +30,19 @@ class UnreadPushes:
         self._publish = publish
         self._every_s = every_s
         self._clock = clock
-        self._pending: dict[str, int] = {}
-        self._via: dict[str, str] = {}  # user -> conversation channel; absent: the user's own
+        # user -> (latest total, the conversation it goes through; None: the user's own channel)
+        self._pending: dict[str, tuple[int, str | None]] = {}
         self._next_at = 0.0
 
     def add(self, totals: dict[str, int], via: Mapping[str, str] | None = None) -> None:
         """Queue each user's latest total, with the route of that latest change."""
         via = via or {}
-        self._pending.update(totals)
-        for user in totals:
-            route = via.get(user)
-            if route is None:
-                self._via.pop(user, None)
-            else:
-                self._via[user] = route
+        for user, total in totals.items():
+            self._pending[user] = (total, via.get(user))
 
     def discard(self) -> None:
         """Forget what is pending (the relay is behind: clients catch up with `sync`)."""
         self._pending.clear()
-        self._via.clear()
 
     def flush(self) -> float | None:
         """Push what is pending if a push is allowed now. Returns the seconds until pending
@@ -59,7 +53,9 @@ class UnreadPushes:
         now = self._clock()
         if now < self._next_at:
             return self._next_at - now
-        self._publish(self._pending, self._via)
-        self._pending, self._via = {}, {}
+        pending = self._pending
+        totals = {user: total for user, (total, _) in pending.items()}
+        self._publish(totals, {user: cid for user, (_, cid) in pending.items() if cid is not None})
+        self._pending = {}
         self._next_at = now + self._every_s
         return None

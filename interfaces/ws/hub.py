@@ -186,7 +186,9 @@ class Hub:
             for user, total in envelope["counts"].items():
                 devices = self.connections.get(user)
                 if devices:
-                    text = frames.get(total) or frames.setdefault(total, unread_frame(total))
+                    text = frames.get(total)
+                    if text is None:
+                        text = frames[total] = unread_frame(total)
                     for device in devices:
                         device.send_text(text)
         else:
