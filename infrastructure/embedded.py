@@ -87,7 +87,8 @@ class EmbeddedRedis:
                     # Saves first (the data dir outlives the process); Redis 6.2: no NOW/FORCE.
                     # On a client of its own that never retries: Redis drops the connection as
                     # it exits, and the default client's retries then slept ~4 s reconnecting
-                    # to a server that was gone (every `loopify replay`/`audit` paid it).
+                    # to a server that was gone (every `loopify replay`, last `serve` and test
+                    # session paid it).
                     with redis.Redis(unix_socket_path=self._client.socket_file, retry=Retry(NoBackoff(), 0)) as admin:
                         admin.shutdown(nosave=force)
                 except Exception:  # already gone, or the connection dropped as it shut down
