@@ -1,9 +1,10 @@
 """The Postgres read-model projector: a batch of events in, one transaction of changes out.
 
 Events are first folded into set-wise changes (new rows, final values per key), then written
-with COPY and `executemany`, so the cost per event is a few microseconds of Python instead of a
-round trip. Folding is what makes a catch-up of a million events and a live tail both fast.
-Exactly-once comes from the tracking row, locked and advanced in the same transaction.
+by one call of the generation's `apply_batch` function (`batch_function`), which takes them as
+one JSON document: the cost per event is a few microseconds, and a batch's is one round trip.
+Folding is what makes a catch-up of a million events and a live tail both fast. Exactly-once
+comes from the tracking row, advanced from the expected position in the same transaction.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
+import psycopg
 from psycopg import Cursor, sql
+from psycopg.types.json import Jsonb
 
 from domain.conversation import Conversation
+from projections.batch_function import GENERATION_SWITCHED, TRACKING_MOVED
 
 Event = Any  # a Conversation event (the classes are nested, so a precise union is unwieldy)
 
@@ -158,6 +163,82 @@ MESSAGE_COLUMNS = (
     "id", "conversation_id", "seq", "position", "sender_id", "content", "message_type",
     "parent_message_id", "client_message_id", "created_at", "edited_at", "deleted_at",
 )
+PARTICIPANT_COLUMNS = ("conversation_id", "user_id", "is_active", "joined_at", "left_at")
+
+
+def batch_document(changes: ReadModelChanges) -> dict[str, Any]:
+    """The changes as `apply_batch` takes them (see `batch_function`): lists of rows by name."""
+    document: dict[str, Any] = {"position": changes.position}
+    if changes.conversations:
+        document["conversations"] = [dict(zip(CONVERSATION_COLUMNS, row)) for row in changes.conversations.values()]
+    joined = [dict(zip(PARTICIPANT_COLUMNS, row)) for row in changes.participants.values() if row[5]]
+    if joined:
+        document["joined"] = joined
+    left = [{"cid": row[0], "uid": row[1], "left_at": row[4]} for row in changes.participants.values() if not row[5]]
+    if left:
+        document["left"] = left
+    if changes.messages:
+        document["messages"] = [dict(zip(MESSAGE_COLUMNS, row)) for row in changes.messages.values()]
+    if changes.message_updates:
+        document["updates"] = [
+            {"id": message_id, "content": content, "edited_at": edited, "deleted_at": deleted}
+            for message_id, (content, edited, deleted) in changes.message_updates.items()
+        ]
+    if changes.touched:
+        tips = changes.tips
+        document["touched"] = [
+            dict(zip(("cid", "seq", "mid", "at"), (cid, *(tips.get(cid) or (None, None, None)))), touched_at=at)
+            for cid, at in changes.touched.items()
+        ]
+    if changes.read_marks or changes.delivered_marks:
+        document["receipts"] = [
+            dict(
+                zip(
+                    ("cid", "uid", "read_seq", "read_at", "delivered_seq", "delivered_at"),
+                    (cid, user, *_mark(changes.read_marks.get((cid, user))),
+                     *_mark(changes.delivered_marks.get((cid, user)))),
+                )
+            )
+            for cid, user in changes.read_marks.keys() | changes.delivered_marks.keys()
+        ]
+    return document
+
+
+def apply_statement(
+    schema: str, generation: int, changes: ReadModelChanges, expected_position: int, *, live: bool = False,
+    notify: str | None = None, unread_users: list[str] | None = None, unread_conversations: list[Any] | None = None,
+) -> tuple[bytes, tuple[Any, ...]]:
+    """The call of `apply_batch` for a batch: it advances tracking from `expected_position`
+    (else raises `TRACKING_MOVED`) and writes the changes; `live` checks the generation is the
+    live one (else `GENERATION_SWITCHED`), `notify` names the channel told the new position on
+    commit, and the unread users and conversations ask for their memberships back."""
+    document = batch_document(changes)
+    if notify is not None:
+        document["notify"] = notify
+    if unread_users:
+        document["unread_users"] = unread_users
+    if unread_conversations:
+        document["unread_conversations"] = unread_conversations
+    return (
+        _statement("SELECT * FROM {s}.apply_batch(%s, %s::jsonb, %s, %s)", schema),
+        (expected_position, Jsonb(document, dumps=_dumps), generation, live),
+    )
+
+
+def apply(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, expected_position: int) -> None:
+    """Write the folded changes and advance tracking, inside the caller's transaction."""
+    try:
+        cursor.execute(*apply_statement(schema, 0, changes, expected_position))
+    except psycopg.Error as error:
+        raise_conflicts(error)
+        raise
+    cursor.fetchall()
+
+
+def raise_conflicts(error: psycopg.Error) -> None:
+    """A failed `apply_batch` whose cause is another projector or a switch, as such."""
+    if error.sqlstate in (TRACKING_MOVED, GENERATION_SWITCHED):
+        raise TrackingConflictError(error.diag.message_primary or str(error)) from error
 
 
 def apply_message_updates(cursor: Cursor[Any], schema: str, changes: ReadModelChanges) -> None:
@@ -178,94 +259,17 @@ def apply_message_updates(cursor: Cursor[Any], schema: str, changes: ReadModelCh
     )
 
 
-def apply(cursor: Cursor[Any], schema: str, changes: ReadModelChanges, expected_position: int) -> None:
-    """Write the folded changes and advance tracking, inside the caller's transaction."""
-    cursor.execute(_statement("SELECT position FROM {s}.tracking WHERE name = 'postgres' FOR UPDATE", schema))
-    row = cursor.fetchone()
-    current = row[0] if row else 0
-    if current != expected_position:
-        raise TrackingConflictError(f"tracking is at {current}, expected {expected_position}")
-
-    if changes.conversations:
-        _copy(cursor, schema, "conversations", CONVERSATION_COLUMNS, changes.conversations.values())
-    joined = [row for row in changes.participants.values() if row[5]]
-    if joined:  # (re)joined in this batch: joined_at is this batch's latest join
-        cursor.execute(
-            _statement(
-                "INSERT INTO {s}.conversation_participants (conversation_id, user_id, is_active, joined_at, left_at)"
-                " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bool[], %s::timestamptz[], %s::timestamptz[])"
-                " ON CONFLICT (conversation_id, user_id) DO UPDATE SET is_active = EXCLUDED.is_active,"
-                " joined_at = EXCLUDED.joined_at, left_at = EXCLUDED.left_at",
-                schema,
-            ),
-            _columns(joined, 5),
-        )
-    left = [[row[0], row[1], row[4]] for row in changes.participants.values() if not row[5]]
-    if left:  # left without rejoining in this batch: keep the joined_at on record
-        cursor.execute(
-            _statement(
-                "UPDATE {s}.conversation_participants p SET is_active = false, left_at = v.left_at"
-                " FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS v(cid, uid, left_at)"
-                " WHERE p.conversation_id = v.cid AND p.user_id = v.uid",
-                schema,
-            ),
-            _columns(left, 3),
-        )
-    if changes.messages:
-        _copy(cursor, schema, "messages", MESSAGE_COLUMNS, changes.messages.values())
-    apply_message_updates(cursor, schema, changes)
-    if changes.touched:  # every conversation with a new tip was touched too: one statement
-        tips = changes.tips
-        rows = [[cid, *(tips.get(cid) or (None, None, None)), at] for cid, at in changes.touched.items()]
-        cursor.execute(
-            _statement(
-                "UPDATE {s}.conversations c SET updated_at = greatest(c.updated_at, v.touched_at),"
-                " last_seq = coalesce(v.seq, c.last_seq),"
-                " last_message_id = CASE WHEN v.seq IS NULL THEN c.last_message_id ELSE v.mid END,"
-                " last_message_at = CASE WHEN v.seq IS NULL THEN c.last_message_at ELSE v.at END,"
-                " activity_at = CASE WHEN v.seq IS NULL THEN c.activity_at ELSE v.at END"
-                " FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::timestamptz[], %s::timestamptz[])"
-                " AS v(cid, seq, mid, at, touched_at) WHERE c.id = v.cid",
-                schema,
-            ),
-            _columns(rows, 5),
-        )
-    if changes.read_marks or changes.delivered_marks:  # both receipts of a participant in one row
-        rows = [
-            [cid, user, *_mark(changes.read_marks.get((cid, user))), *_mark(changes.delivered_marks.get((cid, user)))]
-            for cid, user in changes.read_marks.keys() | changes.delivered_marks.keys()
-        ]
-        cursor.execute(
-            _statement(
-                "UPDATE {s}.conversation_participants p SET"
-                " read_up_to = CASE WHEN v.read_seq > p.read_up_to THEN v.read_seq ELSE p.read_up_to END,"
-                " last_read_at = CASE WHEN v.read_seq > p.read_up_to THEN v.read_at ELSE p.last_read_at END,"
-                " delivered_up_to = CASE WHEN v.delivered_seq > p.delivered_up_to THEN v.delivered_seq"
-                "  ELSE p.delivered_up_to END,"
-                " last_delivered_at = CASE WHEN v.delivered_seq > p.delivered_up_to THEN v.delivered_at"
-                "  ELSE p.last_delivered_at END"
-                " FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::timestamptz[], %s::bigint[], %s::timestamptz[])"
-                " AS v(cid, uid, read_seq, read_at, delivered_seq, delivered_at)"
-                " WHERE p.conversation_id = v.cid AND p.user_id = v.uid"
-                " AND (v.read_seq > p.read_up_to OR v.delivered_seq > p.delivered_up_to)",
-                schema,
-            ),
-            _columns(rows, 6),
-        )
-    cursor.execute(_statement("UPDATE {s}.tracking SET position = %s WHERE name = 'postgres'", schema), (changes.position,))
-
-
 def copy_messages(cursor: Cursor[Any], schema: str, changes: ReadModelChanges) -> None:
     """Write the folded new messages now and forget them (a rebuild streams them)."""
     if changes.messages:
-        _copy(cursor, schema, "messages", MESSAGE_COLUMNS, changes.messages.values())
+        with cursor.copy(_copy_statement(schema, "messages", MESSAGE_COLUMNS)) as copy:
+            for row in changes.messages.values():
+                copy.write_row(row)
         changes.messages.clear()
 
 
-def _copy(cursor: Cursor[Any], schema: str, table: str, columns: tuple[str, ...], rows: Iterable[list[Any]]) -> None:
-    with cursor.copy(_copy_statement(schema, table, columns)) as copy:
-        for row in rows:
-            copy.write_row(row)
+def _dumps(document: Any) -> bytes:
+    return orjson.dumps(document)
 
 
 @functools.lru_cache(maxsize=256)

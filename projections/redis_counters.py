@@ -89,10 +89,15 @@ class RedisCounters:
 
     def read(self, cursor: Cursor[Any], changes: ReadModelChanges) -> DerivedValues:
         """The values the batch may have changed, as the read model holds them (the runner
-        calls this inside the batch's own transaction, after `apply`: one transaction)."""
-        users = sorted({user for _, user in changes.unread_users})
-        conversations = list(changes.unread_conversations)
-        memberships = self._read_memberships(cursor, users, conversations)
+        has `apply_batch` return the memberships within the batch's own transaction, and calls
+        `derive`)."""
+        users, conversations = unread_keys(changes)
+        return self.derive(cursor, changes, self._read_memberships(cursor, users, conversations))
+
+    def derive(self, cursor: Cursor[Any], changes: ReadModelChanges, memberships: list[Membership]) -> DerivedValues:
+        """The batch's values, from the memberships of its `unread_keys` (the cursor reads back
+        only the inbox rows the batch itself cannot give)."""
+        users, conversations = unread_keys(changes)
         last_seqs = {conversation_id: last_seq for _, conversation_id, _, last_seq in memberships}
         return DerivedValues(
             unread=_unread_by_user(memberships, users),
@@ -185,6 +190,12 @@ class RedisCounters:
             str(row[0]): None if row[1] is None else _inbox_json(*row)  # no message left: no inbox row
             for row in cursor.fetchall()
         }
+
+
+def unread_keys(changes: ReadModelChanges) -> tuple[list[str], list[Any]]:
+    """Whose unread counts a batch may have changed: users whose own membership or reads it
+    changed, and conversations with new messages (all their members)."""
+    return sorted({user for _, user in changes.unread_users}), list(changes.unread_conversations)
 
 
 def _unread_by_user(memberships: list[Membership], users: list[str]) -> dict[str, dict[str, int]]:

@@ -6,12 +6,13 @@ within `STANDBY_POLL_S` when the leader dies (its session ends, the lock is rele
 Correctness never depends on the election: every batch locks the tracking row and checks it
 is where this runner expects, so two runners can never apply the same events twice.
 
-The loop: read up to `BATCH_SIZE` events after the tracked position, fold them, apply them and
-advance tracking in one transaction that also NOTIFYs the new position (delivered on commit,
-which is what read-your-writes waits for) and reads the values Redis and the live relay need;
-after the commit, publish the live frames, then write Redis and queue the new unread counts
-(pushed at most every `unread_pushes.PUSH_EVERY_S`). When caught up, it sleeps in
-LISTEN on the event store's channel, so a new event is projected within milliseconds.
+The loop: read up to `BATCH_SIZE` events after the tracked position, fold them, and apply them
+with one call of the generation's `apply_batch` (see `batch_function`): one round trip, one
+transaction that advances tracking, NOTIFYs the new position (delivered on commit, which is
+what read-your-writes waits for) and returns the memberships whose unread counts changed.
+After the commit, publish the live frames, then write Redis and queue the new unread counts
+(pushed at most every `unread_pushes.PUSH_EVERY_S`). When caught up, it sleeps in LISTEN on
+the event store's channel, so a new event is projected within milliseconds.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from typing import Any
 import psycopg
 
 from projections.ports import EventLog
-from projections.postgres_projector import TrackingConflictError, apply, fold
-from projections.redis_counters import DerivedValues, RedisCounters
+from projections.batch_function import GENERATION_SWITCHED
+from projections.postgres_projector import TrackingConflictError, apply_statement, fold, raise_conflicts
+from projections.redis_counters import DerivedValues, RedisCounters, unread_keys
 from projections.relay import Relay
 from projections.schema import PROJECTOR_LOCK_KEY, ensure_read_model, generation_schema, live_generation
 from projections.unread_pushes import UnreadPushes
@@ -90,6 +92,7 @@ class ProjectionRunner:
         self._next_redis_try = 0.0
         self._relay_behind = True  # until checked at start: republish what a crash left unsent
         self._unread_pushes = UnreadPushes(relay.publish_unread) if relay is not None else None
+        self._generation: int | None = None  # the live generation, checked by every batch
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -125,7 +128,8 @@ class ProjectionRunner:
         # again. So its commits need not wait for the WAL flush (the event store's always do).
         with (
             psycopg.connect(self.database_url, autocommit=True) as control,
-            psycopg.connect(self.database_url, options=ASYNC_COMMIT) as work,
+            # Autocommit: a batch is one call of `apply_batch`, its own transaction (`_project`).
+            psycopg.connect(self.database_url, options=ASYNC_COMMIT, autocommit=True) as work,
         ):
             with work.transaction(), work.cursor() as cursor:
                 ensure_read_model(cursor)
@@ -134,25 +138,32 @@ class ProjectionRunner:
             control.execute(f'LISTEN "{self.event_log.log_channel}"')
             position = self._tracked_position(work)
             self._redis_behind = True  # checked (and caught up) before the first batch
+            caught_up = False  # the last read was short: the next commit's NOTIFY is awaited
             while not self._stopping.is_set():
                 if self._redis_behind:
                     self._retry_redis(work, position)
                 if self._relay_behind and not self._redis_behind:
                     self._republish(work, position)
                 push_due_in = self._push_unread()
-                batch = self.event_log.read_log(position, self.batch_size)
-                self.status.head = max(self.status.head, batch[-1][0] if batch else position)
-                if not batch:
-                    self.status.head = self.event_log.log_head()
+                if caught_up:
                     wait = IDLE_WAIT_S if push_due_in is None else min(IDLE_WAIT_S, push_due_in)
                     for _ in control.notifies(timeout=wait, stop_after=1):
                         pass
+                    for _ in control.notifies(timeout=0):  # commits during that batch: one read covers them
+                        pass
+                batch = self.event_log.read_log(position, self.batch_size)
+                # Short: nothing more was committed when it was read. Commits after it NOTIFY, so
+                # waiting for one costs no read that would come back empty.
+                caught_up = len(batch) < self.batch_size
+                self.status.head = max(self.status.head, batch[-1][0] if batch else position)
+                if not batch:
                     continue
                 try:
                     position = self._project(work, batch, position)
                 except TrackingConflictError:
                     # Another runner (or a replay's switch) moved the position: resume from it.
                     position = self._tracked_position(work)
+                    caught_up = False
 
     def _become_leader(self, control: psycopg.Connection[Any]) -> bool:
         while not self._stopping.is_set():
@@ -168,30 +179,42 @@ class ProjectionRunner:
         with work.transaction(), work.cursor() as cursor:
             generation = live_generation(cursor)
             assert generation is not None
+            self._generation = generation
             cursor.execute(f'SELECT position FROM "{generation_schema(generation)}".tracking WHERE name = %s', ("postgres",))
             row = cursor.fetchone()
         self.status.position = int(row[0]) if row else 0
         return self.status.position
 
     def _project(self, work: psycopg.Connection[Any], batch: list[tuple[int, Any]], position: int) -> int:
-        """One transaction per batch: apply, then read (in the same transaction) what Redis and
-        the relay need; after the commit, publish the live frames, write Redis, and push the new
-        unread counts. Reading inside the batch's own transaction sees exactly what its commit
-        will make visible: this runner is the read model's only writer (the tracking row's lock
-        makes it so)."""
+        """One transaction per batch, in one round trip: `apply_batch` locks the live generation,
+        applies the batch, advances tracking, NOTIFYs, and returns the memberships whose unread
+        counts it may have changed, all in the transaction of its call. Read inside it, they are
+        exactly what its commit makes visible. After the commit: publish the live frames, write
+        Redis, and push the new unread counts. The rare further reads (edited messages for the
+        relay, inbox rows the batch cannot give) come after the commit; this runner is the read
+        model's only writer (the tracking row's lock makes it so), so they see the same."""
         changes = fold(batch)
         counters = self.counters if not self._redis_behind else None
         relay = self.relay if not (self._relay_behind or self._redis_behind) else None
+        generation = self._generation if self._generation is not None else self._live_generation(work)
+        users, conversations = unread_keys(changes) if counters is not None else ([], [])
+        statement = apply_statement(
+            generation_schema(generation), generation, changes, position, live=True, notify=POSITION_CHANNEL,
+            unread_users=users, unread_conversations=conversations,
+        )
+        try:
+            with work.cursor() as cursor:
+                memberships = cursor.execute(*statement).fetchall()
+        except psycopg.Error as error:
+            if error.sqlstate == GENERATION_SWITCHED:
+                self._generation = None  # a replay switched: resume from the new generation
+            raise_conflicts(error)
+            raise
         derived: DerivedValues | None = None
         changed_messages: dict[Any, dict[str, Any]] = {}
-        with work.transaction(), work.cursor() as cursor:
-            # Shared lock on the pointer: a replay's switch waits for this batch, and vice versa.
-            generation = live_generation(cursor, lock="SHARE")
-            assert generation is not None
-            apply(cursor, generation_schema(generation), changes, position)
-            cursor.execute("SELECT pg_notify(%s, %s)", (POSITION_CHANNEL, str(changes.position)))
+        with work.cursor() as cursor:
             if counters is not None:
-                derived = counters.read(cursor, changes)
+                derived = counters.derive(cursor, changes, memberships)
             if relay is not None:
                 changed_messages = relay.changed_messages(cursor, batch)
         self.status.position = changes.position
@@ -217,6 +240,13 @@ class ProjectionRunner:
                 if self._unread_pushes is not None and relay is not None and not self._relay_behind:
                     self._unread_pushes.add(totals, derived.via)
         return changes.position
+
+    def _live_generation(self, work: psycopg.Connection[Any]) -> int:
+        with work.transaction(), work.cursor() as cursor:
+            generation = live_generation(cursor)
+        assert generation is not None
+        self._generation = generation
+        return generation
 
     def _push_unread(self) -> float | None:
         """Push the pending unread totals if their interval allows; the seconds until it does."""
@@ -297,3 +327,4 @@ class ProjectionRunner:
                 changes.position = position
                 self.counters.refresh(cursor, changes)
         self.status.redis_position = position
+

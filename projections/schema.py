@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from psycopg import Cursor, sql
 
+from projections.batch_function import create_batch_function_statement
+
 POINTER_TABLE = "loopify_read_models"  # in `public`: name -> live generation
 READ_SCHEMA = "read"  # the stable names queries use
 POSTGRES_MODEL = "postgres"  # the name of the Postgres read model in the pointer table
@@ -82,7 +84,9 @@ def create_table_statements(generation: int) -> list[sql.Composed]:
         "CREATE TABLE IF NOT EXISTS {s}.tracking (name text PRIMARY KEY, position bigint NOT NULL)",
         "INSERT INTO {s}.tracking (name, position) VALUES ('postgres', 0) ON CONFLICT DO NOTHING",
     ]
-    return [sql.SQL(statement).format(s=schema) for statement in statements]
+    return [sql.SQL(statement).format(s=schema) for statement in statements] + [
+        create_batch_function_statement(generation_schema(generation), POINTER_TABLE)
+    ]
 
 
 def create_index_statements(generation: int) -> list[sql.Composed]:
@@ -149,6 +153,8 @@ def ensure_read_model(cursor: Cursor) -> int:
             sql.SQL("INSERT INTO {p} (name, generation) VALUES (%s, %s)").format(p=sql.Identifier(POINTER_TABLE)),
             (POSTGRES_MODEL, generation),
         )
+    else:  # a generation made by an older version may lack the function, or have an older one
+        cursor.execute(create_batch_function_statement(generation_schema(generation), POINTER_TABLE))
     return generation
 
 

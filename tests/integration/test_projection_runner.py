@@ -49,13 +49,14 @@ from application.commands import (
 )
 from application.messaging import MessagingApplication
 from projections import runner as runner_module
-from projections.postgres_projector import TrackingConflictError, apply, fold
+from projections.postgres_projector import TrackingConflictError, apply, apply_statement, fold, raise_conflicts
 from projections.redis_counters import (
     POSITION_KEY,
     DerivedValues,
     RedisCounters,
     last_message_key,
     unread_by_conversation_key,
+    unread_keys,
     unread_total_key,
 )
 from projections.runner import BATCH_SIZE, RETRY_DELAY_S, STANDBY_POLL_S, ProjectionRunner
@@ -607,6 +608,77 @@ class TestRedelivery:
 # ---- batch boundaries --------------------------------------------------------------------------
 
 
+class TestTheBatchFunction:
+    """`apply_batch`: one call per live batch, one transaction (see `projections/batch_function.py`)."""
+
+    def test_a_live_batch_returns_the_memberships_whose_unread_counts_it_changed(
+        self, chat: Chat, db: psycopg.Connection[Any]
+    ) -> None:
+        trip = tell_the_trip_story(chat)
+        events = log_events(chat.node.app)
+        with db.transaction(), db.cursor() as cursor:
+            generation = ensure_read_model(cursor)
+        changes = fold(events)
+        users, conversations = unread_keys(changes)
+        with db.cursor() as cursor:
+            returned = cursor.execute(
+                *apply_statement(
+                    generation_schema(generation), generation, changes, 0, live=True,
+                    unread_users=users, unread_conversations=conversations,
+                )
+            ).fetchall()
+            read_back = RedisCounters._read_memberships(cursor, users, conversations)
+        assert sorted(returned) == sorted(read_back) != []
+        assert {(user, cid) for user, cid, _, _ in returned} >= {(BOB, trip.group), (ALICE, trip.direct)}
+
+    def test_a_live_batch_for_a_generation_no_longer_live_writes_nothing(
+        self, chat: Chat, db: psycopg.Connection[Any]
+    ) -> None:
+        tell_the_trip_story(chat)
+        events = log_events(chat.node.app)
+        with db.transaction(), db.cursor() as cursor:
+            live = ensure_read_model(cursor)
+            for statement in create_generation_statements(REFERENCE_GENERATION):
+                cursor.execute(statement)
+        stale = generation_schema(REFERENCE_GENERATION)
+        before = table_contents(db, stale)
+
+        with pytest.raises(TrackingConflictError, match="no longer live"):
+            with db.cursor() as cursor:
+                statement = apply_statement(stale, REFERENCE_GENERATION, fold(events), 0, live=True)
+                try:
+                    cursor.execute(*statement)
+                except psycopg.Error as error:
+                    raise_conflicts(error)
+        assert table_contents(db, stale) == before
+        assert live != REFERENCE_GENERATION
+
+    def test_content_that_means_something_to_json_or_sql_is_stored_as_sent(
+        self, chat: Chat, db: psycopg.Connection[Any]
+    ) -> None:
+        contents = ['"quoted" \\ back\\slash', "'; DROP TABLE messages; --", "{}[],:%s %(x)s $$ $1", "ünï \u2028 😀"]
+        conversation = chat.start(ALICE, BOB, kind="DIRECT")
+        for content in contents:
+            chat.send(conversation, ALICE, content)
+        with db.transaction(), db.cursor() as cursor:
+            schema = generation_schema(ensure_read_model(cursor))
+        with db.transaction(), db.cursor() as cursor:
+            apply(cursor, schema, fold(log_events(chat.node.app)), 0)
+        stored = db.execute(f"SELECT content FROM {schema}.messages ORDER BY seq").fetchall()
+        assert [row[0] for row in stored] == contents
+
+    def test_a_generation_made_before_the_function_existed_gets_it_at_start(
+        self, chat: Chat, db: psycopg.Connection[Any], start_runner: Callable[..., ProjectionRunner]
+    ) -> None:
+        with db.transaction(), db.cursor() as cursor:
+            schema = generation_schema(ensure_read_model(cursor))
+            cursor.execute(f"DROP FUNCTION {schema}.apply_batch")
+        runner = start_runner(None)
+        chat.send(chat.start(ALICE, BOB, kind="DIRECT"), ALICE, "hello")
+        wait_for_projection(runner, chat.position)
+        assert db.execute(f"SELECT count(*) FROM {schema}.messages").fetchone() == (1,)
+
+
 class TestBatchBoundaries:
     BATCH_SIZES = (1, 2, 3, 7, ALL_AT_ONCE)
 
@@ -685,28 +757,29 @@ class TestTwoRunners:
 # ---- a runner killed mid-batch ------------------------------------------------------------------
 
 
-class InjectedCrash(Exception):
-    """The runner 'died' after writing a batch and before committing it."""
-
-
 class CrashOnce:
-    """Wraps `apply`: on call `on_call`, writes the batch, then dies inside the transaction."""
+    """Wraps `apply_statement`: on call `on_call`, the statement writes the batch (the call of
+    `apply_batch` runs first), then dies in the same transaction, before it commits."""
 
-    def __init__(self, real: Callable[..., None], on_call: int, how: str) -> None:
+    FAILURES = {
+        "raises": b"(1 / (random() * 0)::int)::bigint",  # volatile: fails when run, not planned
+        # The process is gone: Postgres sees its connection drop in the middle of the transaction.
+        "connection_dies": b"pg_terminate_backend(pg_backend_pid())::int::bigint",
+    }
+
+    def __init__(self, real: Callable[..., tuple[bytes, tuple[Any, ...]]], on_call: int, how: str) -> None:
         self.real = real
         self.on_call = on_call
-        self.how = how
+        self.failure = self.FAILURES[how]
         self.calls = 0
 
-    def __call__(self, cursor: psycopg.Cursor[Any], schema: str, changes: Any, expected_position: int) -> None:
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[bytes, tuple[Any, ...]]:
         self.calls += 1
-        self.real(cursor, schema, changes, expected_position)
+        query, params = self.real(*args, **kwargs)
         if self.calls != self.on_call:
-            return
-        if self.how == "raises":
-            raise InjectedCrash("the runner died mid-batch")
-        # The process is gone: Postgres sees its connection drop in the middle of the transaction.
-        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            return query, params
+        # UNION ALL runs its branches in order: the batch is written, then the failure comes.
+        return query + b" UNION ALL SELECT NULL, NULL, NULL, " + self.failure, params
 
 
 class TestRunnerKilledMidBatch:
@@ -729,8 +802,8 @@ class TestRunnerKilledMidBatch:
         # Step 1: a log of every kind of event, and a runner whose third batch dies before commit.
         trip = tell_the_trip_story(chat)
         tell_the_churn_story(chat, trip)
-        crash = CrashOnce(runner_module.apply, self.CRASH_ON_CALL, how)
-        monkeypatch.setattr(runner_module, "apply", crash)
+        crash = CrashOnce(runner_module.apply_statement, self.CRASH_ON_CALL, how)
+        monkeypatch.setattr(runner_module, "apply_statement", crash)
         runner = start_runner(make_counters(), batch_size=self.SMALL_BATCH)
 
         # Step 2: it fails, pauses, reconnects and catches up.
