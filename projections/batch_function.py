@@ -6,7 +6,8 @@ each read, COMMIT): most of its CPU per batch, and half of the idle delivery del
 simple query instead, the statements cost Postgres more than they saved, because it parsed
 and planned each of them again on every batch. A PL/pgSQL function keeps its plans for the
 session, takes the whole batch as one JSON document (encoded by orjson, decoded by
-`jsonb_to_recordset`, both in C), and runs in the one transaction of its call.
+`jsonb_to_recordset`, both in C), and runs in the one transaction of its call. It joins by
+nested loops only (its `SET` clauses, which hold during the call alone): see the comment there.
 
 Each generation schema has its own copy, so every statement names its tables statically (and
 its plans stay cached); `ensure_read_model` (re)creates the live generation's at start.
@@ -28,7 +29,13 @@ GENERATION_SWITCHED = "LP002"  # SQLSTATE: a live batch on a generation that is 
 _FUNCTION = """
 CREATE OR REPLACE FUNCTION {s}.apply_batch(expected bigint, batch jsonb, generation int, live boolean)
 RETURNS TABLE (user_id text, conversation_id uuid, unread bigint, last_seq bigint)
-LANGUAGE plpgsql AS $function$
+LANGUAGE plpgsql
+-- Every statement joins the batch's few rows to a large table by its key. The planner cannot
+-- see how many rows a JSON document holds (it assumes 100), and would hash whole tables:
+-- 2 to 6 ms a statement on 10,000 conversations, against 0.1 ms by index.
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+AS $function$
 #variable_conflict use_column
 DECLARE
     current_generation int;
