@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 import redis
-import redis.exceptions
 from psycopg import Cursor
 
 from projections import redis_batch
@@ -75,7 +74,6 @@ class DerivedValues:
 class RedisCounters:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._advance = client.register_script(_ADVANCE_POSITION)
 
     def position(self) -> int | None:
         """How far Redis reflects the log; None when Redis has no position (lost or new)."""
@@ -108,18 +106,26 @@ class RedisCounters:
 
     def write(self, values: DerivedValues) -> dict[str, int]:
         """Write the values and advance the position, in one round trip; returns unread totals."""
+        commands, totals = self.commands(values)
+        self.check(redis_batch.execute(self.client, commands))
+        return totals
+
+    def commands(self, values: DerivedValues) -> tuple[list[Command], dict[str, int]]:
+        """What `write` runs (the live runner sends it with the relay's frames, `Relay.publish`),
+        and the unread totals it sets. The position advances last; `check` reads its reply."""
         commands: list[Command] = []
         totals = _unread_commands(commands, values.unread)
         _last_message_commands(commands, values.last_messages)
-        commands.append(("EVALSHA", self._advance.sha, 1, POSITION_KEY, values.position))
-        try:
-            replies = redis_batch.execute(self.client, commands)
-        except redis.exceptions.NoScriptError:  # Redis restarted (scripts are not persisted)
-            self.client.script_load(_ADVANCE_POSITION)
-            replies = redis_batch.execute(self.client, commands)
+        # EVAL, not EVALSHA: Redis caches the script by its hash anyway, and a restarted Redis
+        # (scripts are not persisted) can never answer NOSCRIPT in the middle of a batch.
+        commands.append(("EVAL", _ADVANCE_POSITION, 1, POSITION_KEY, values.position))
+        return commands, totals
+
+    @staticmethod
+    def check(replies: list[Any]) -> None:
+        """After `commands` ran (their replies): raise if Redis had lost our position."""
         if replies[-1] == -1:
             raise RedisLostError("the Redis projection's position is gone")
-        return totals
 
     def rebuild(self, cursor: Cursor[Any], position: int) -> None:
         """Recompute everything (Redis lost its data, or `loopify replay`)."""

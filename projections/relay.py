@@ -22,7 +22,7 @@ published, and a restarted runner republishes the gap (clients dedupe by id and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -81,28 +81,48 @@ def _uuid(value: Any) -> str | None:
 class Relay:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._typing_changes = client.register_script(_TYPING_CHANGES)
 
     def position(self) -> int:
         raw = self.client.get(RELAY_POSITION_KEY)
         return int(raw) if raw is not None else 0
 
-    def publish(self, events: list[tuple[int, Any]], changed_messages: dict[UUID, dict[str, Any]] | None = None) -> int:
-        """Publish a committed batch, in one round trip after the typing changes; returns how many
-        envelopes went out. `changed_messages` (from `changed_messages`, read in the batch's
-        transaction) gives edits and deletions their message as it now stands."""
+    def publish(
+        self,
+        events: list[tuple[int, Any]],
+        changed_messages: dict[UUID, dict[str, Any]] | None = None,
+        *,
+        then: Sequence[Command] = (),
+    ) -> list[Any]:
+        """Publish a committed batch, and run `then` (the runner's Redis projection writes)
+        after its frames in the same round trip; returns the replies of `then`.
+        `changed_messages` (from `changed_messages`) gives edits and deletions their message
+        as it now stands.
+
+        A message stops its sender's typing: the typing script runs first in that same round
+        trip, and the typing frames it calls for (the sender was typing) follow in a second one
+        only when there are any. A batch with explicit typing changes needs the typing sets for
+        its frames, so it runs the script in a round trip of its own first."""
         changed_messages = changed_messages or {}
-        typing_lists = iter(self._apply_typing(events))
-        commands: list[Command] = [
+        typing = _typing_args(events)
+        commands: list[Command] = []
+        lists: Iterator[list[bytes] | None] | None = None
+        if any(isinstance(e, Conversation.TypingChanged) for _, e in events):
+            lists = iter(self._apply_typing(typing))  # their frames carry the sets: script first
+        elif typing:
+            commands.append(("EVAL", _TYPING_CHANGES, 0, *typing))  # ahead of the frames
+        commands += [
             ("PUBLISH", channel, envelope)
             for position, event in events
-            for channel, envelope in self._envelopes(position, event, changed_messages, typing_lists)
+            for channel, envelope in self._envelopes(position, event, changed_messages, lists)
         ]
-        count = len(commands)
         if events:
             commands.append(("SET", RELAY_POSITION_KEY, events[-1][0]))
-        redis_batch.execute(self.client, commands)
-        return count
+        commands += then
+        replies = redis_batch.execute(self.client, commands)
+        if lists is None and typing:
+            late = [("PUBLISH", channel, envelope) for channel, envelope in _stopped_typing(events, replies[0])]
+            redis_batch.execute(self.client, late)
+        return replies[len(replies) - len(then) :]
 
     def publish_unread(self, unread_totals: dict[str, int], via: dict[str, str]) -> None:
         """Each user's new unread total, to their devices (after the batch's messages: a
@@ -123,19 +143,16 @@ class Relay:
 
     # ---- envelopes per event --------------------------------------------------------------
 
-    def _apply_typing(self, events: list[tuple[int, Any]]) -> list[list[bytes] | None]:
-        """Record the batch's typing changes; per change, who types afterwards (see the script)."""
-        args: list[str] = []
-        for _, e in events:
-            if isinstance(e, Conversation.MessageSent):
-                args += ("sent", TYPING_KEY.format(e.originator_id), e.actor_id)
-            elif isinstance(e, Conversation.TypingChanged):
-                args += ("add" if e.is_typing else "rem", TYPING_KEY.format(e.originator_id), e.actor_id)
-        return list(self._typing_changes(args=args)) if args else []
+    def _apply_typing(self, args: list[str]) -> list[list[bytes] | None]:
+        """Record typing changes; per change, who types afterwards (see the script)."""
+        return list(redis_batch.execute(self.client, [("EVAL", _TYPING_CHANGES, 0, *args)])[0]) if args else []
 
     def _envelopes(
-        self, position: int, e: Any, changed: dict[UUID, dict[str, Any]], typing_lists: Iterator[list[bytes] | None]
+        self, position: int, e: Any, changed: dict[UUID, dict[str, Any]], typing_lists: Iterator[list[bytes] | None] | None
     ) -> Iterable[tuple[str, str]]:
+        """The envelopes of one event. `typing_lists` are the typing script's replies, one per
+        MessageSent and TypingChanged; None: not known yet (see `publish`), no typing frame for
+        a MessageSent here."""
         cid = str(e.originator_id)
         if isinstance(e, Conversation.MessageSent):
             message = {
@@ -147,10 +164,9 @@ class Relay:
             body = frame("message_received", {"message": message, "conversationId": cid})
             yield conversation_channel(cid), _envelope("message", cid, body, seq=e.seq, messageId=str(e.message_id))
             # Sending stops the sender's typing (the aggregate records no separate event for it).
-            typing = next(typing_lists)
+            typing = next(typing_lists) if typing_lists is not None else None
             if typing is not None:
-                body = frame("typing_update", {"conversationId": cid, "typingUsers": sorted(m.decode() for m in typing)})
-                yield conversation_channel(cid), _envelope("typing", cid, body)
+                yield conversation_channel(cid), _typing_envelope(cid, typing)
         elif isinstance(e, (Conversation.MessageEdited, Conversation.MessageDeleted)):
             name = "message_updated" if isinstance(e, Conversation.MessageEdited) else "message_deleted"
             message = changed.get(e.message_id) or {"id": str(e.message_id), "conversationId": cid, "seq": e.seq}
@@ -169,9 +185,8 @@ class Relay:
             )
             yield conversation_channel(cid), _envelope("receipt", cid, body)
         elif isinstance(e, Conversation.TypingChanged):
-            typing = next(typing_lists) or []
-            body = frame("typing_update", {"conversationId": cid, "typingUsers": sorted(m.decode() for m in typing)})
-            yield conversation_channel(cid), _envelope("typing", cid, body)
+            assert typing_lists is not None  # a batch with typing changes runs the script first
+            yield conversation_channel(cid), _typing_envelope(cid, next(typing_lists) or [])
         elif isinstance(e, Conversation.ConversationStarted):
             for user in e.participant_ids:
                 yield user_channel(user), _membership(cid, user, True, position, since_seq=0)
@@ -201,6 +216,31 @@ class Relay:
             }
             for row in cursor.fetchall()
         }
+
+
+def _typing_args(events: list[tuple[int, Any]]) -> list[str]:
+    """The typing script's (op, key, user) triples for a batch, in event order."""
+    args: list[str] = []
+    for _, e in events:
+        if isinstance(e, Conversation.MessageSent):
+            args += ("sent", TYPING_KEY.format(e.originator_id), e.actor_id)
+        elif isinstance(e, Conversation.TypingChanged):
+            args += ("add" if e.is_typing else "rem", TYPING_KEY.format(e.originator_id), e.actor_id)
+    return args
+
+
+def _stopped_typing(events: list[tuple[int, Any]], typing_lists: list[list[bytes] | None]) -> Iterator[tuple[str, str]]:
+    """The typing frames of the messages whose senders were typing (a batch of messages only)."""
+    sent = (e for _, e in events if isinstance(e, Conversation.MessageSent))
+    for e, typing in zip(sent, typing_lists):
+        if typing is not None:
+            cid = str(e.originator_id)
+            yield conversation_channel(cid), _typing_envelope(cid, typing)
+
+
+def _typing_envelope(conversation_id: str, typing: list[bytes]) -> str:
+    body = frame("typing_update", {"conversationId": conversation_id, "typingUsers": sorted(m.decode() for m in typing)})
+    return _envelope("typing", conversation_id, body)
 
 
 def _envelope(kind: str, conversation_id: str | None, body: str, **extra: Any) -> str:

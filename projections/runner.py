@@ -10,8 +10,9 @@ The loop: read up to `BATCH_SIZE` events after the tracked position, fold them, 
 with one call of the generation's `apply_batch` (see `batch_function`): one round trip, one
 transaction that advances tracking, NOTIFYs the new position (delivered on commit, which is
 what read-your-writes waits for) and returns the memberships whose unread counts changed.
-After the commit, publish the live frames, then write Redis and queue the new unread counts
-(pushed at most every `unread_pushes.PUSH_EVERY_S`). When caught up, it sleeps in LISTEN on
+After the commit, publish the live frames and, in the same Redis round trip after them, write
+the Redis projection; then queue the new unread counts (pushed at most every
+`unread_pushes.PUSH_EVERY_S`). When caught up, it sleeps in LISTEN on
 the event store's channel, so a new event is projected within milliseconds.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 import psycopg
 
 from projections.ports import EventLog
+from projections import redis_batch
 from projections.batch_function import GENERATION_SWITCHED
 from projections.postgres_projector import TrackingConflictError, apply_statement, fold, raise_conflicts
 from projections.redis_counters import DerivedValues, RedisCounters, unread_keys
@@ -189,8 +191,8 @@ class ProjectionRunner:
         """One transaction per batch, in one round trip: `apply_batch` locks the live generation,
         applies the batch, advances tracking, NOTIFYs, and returns the memberships whose unread
         counts it may have changed, all in the transaction of its call. Read inside it, they are
-        exactly what its commit makes visible. After the commit: publish the live frames, write
-        Redis, and push the new unread counts. The rare further reads (edited messages for the
+        exactly what its commit makes visible. After the commit: publish the live frames and
+        write Redis (one round trip), and queue the new unread counts. The rare further reads (edited messages for the
         relay, inbox rows the batch cannot give) come after the commit; this runner is the read
         model's only writer (the tracking row's lock makes it so), so they see the same."""
         changes = fold(batch)
@@ -220,25 +222,34 @@ class ProjectionRunner:
         self.status.position = changes.position
         self.status.batches += 1
         self.status.events += len(batch)
-        # Live frames first: a message to a large group changes an unread count per member, and
-        # its members should not wait for those to see the message itself.
-        if relay is not None:
-            try:
-                relay.publish(batch, changed_messages)
-            except Exception as error:
-                self._relay_failed(error)
-        if counters is not None and derived is not None:
-            try:
-                totals = counters.write(derived)
-                self.status.redis_position = changes.position
-            except Exception as error:  # Redis down: Postgres goes on; Redis catches up later
-                self._redis_behind = True
-                self._relay_behind = True  # the relay resumes from its own position once Redis is back
-                self.status.last_error = f"redis: {error}"
-                log.warning("Redis projection refresh failed: %s", error)
+        if relay is None and (counters is None or derived is None):
+            return changes.position
+        # Live frames first, then the Redis projection, in one round trip: a message to a large
+        # group changes an unread count per member, and its members should not wait for those
+        # to see the message itself.
+        writes, totals = counters.commands(derived) if counters is not None and derived is not None else ([], {})
+        try:
+            if relay is not None:
+                replies = relay.publish(batch, changed_messages, then=writes)
             else:
-                if self._unread_pushes is not None and relay is not None and not self._relay_behind:
-                    self._unread_pushes.add(totals, derived.via)
+                replies = redis_batch.execute(counters.client, writes)  # type: ignore[union-attr]
+            if writes:
+                RedisCounters.check(replies)
+        except Exception as error:
+            if not writes:
+                self._relay_failed(error)
+                return changes.position
+            # Redis down: Postgres goes on; Redis catches up later, and the relay resumes from
+            # its own position once Redis is back.
+            self._redis_behind = True
+            self._relay_behind = True
+            self.status.last_error = f"redis: {error}"
+            log.warning("Redis projection refresh failed: %s", error)
+            return changes.position
+        if writes:
+            self.status.redis_position = changes.position
+            if self._unread_pushes is not None and relay is not None and not self._relay_behind:
+                self._unread_pushes.add(totals, derived.via)  # type: ignore[union-attr]
         return changes.position
 
     def _live_generation(self, work: psycopg.Connection[Any]) -> int:

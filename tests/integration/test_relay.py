@@ -13,6 +13,7 @@ from domain.values import ConversationType
 from projections.relay import TYPING_KEY, Relay, conversation_channel, unread_frame, user_channel
 
 RECEIVE_TIMEOUT_S = 2.0
+END = b"end of the test's frames"
 
 
 def published_frames(redis_url: str, channel: str, events: list[tuple[int, Any]]) -> list[dict[str, Any]]:
@@ -21,13 +22,12 @@ def published_frames(redis_url: str, channel: str, events: list[tuple[int, Any]]
     subscriber.subscribe(channel)
     subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)  # the subscribe confirmation
     try:
-        count = Relay(client).publish(events)
+        Relay(client).publish(events)
+        client.publish(channel, END)  # a channel delivers in order: everything published is before it
         frames = []
-        while len(frames) < count:
-            message = subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)
-            if message is None:
-                break
+        while (message := subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)) is not None and message["data"] != END:
             frames.append(orjson.loads(orjson.loads(message["data"])["frame"]))
+        assert message is not None, "the end marker never came"
         return frames
     finally:
         subscriber.close()
@@ -50,6 +50,32 @@ def test_a_batch_of_typing_changes_and_a_message_gives_each_typing_list_in_event
         "typing_update", "typing_update", "message_received", "typing_update", "message_received", "typing_update",
     ]  # fmt: skip
     assert redis.Redis.from_url(redis_url).smembers(TYPING_KEY.format(conversation.id)) == set()
+
+
+def test_a_batch_of_messages_runs_its_typing_script_and_later_commands_in_one_round_trip(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    conversation = Conversation.start(uuid.uuid4(), "alice", ConversationType.GROUP, frozenset({"bob"}))
+    client.sadd(TYPING_KEY.format(conversation.id), "alice")  # typing since an earlier batch
+    conversation.send_message("bob", uuid.uuid4(), "hi")  # bob was not typing: no update
+    conversation.send_message("alice", uuid.uuid4(), "hello")  # ends alice's typing
+    events = list(enumerate(conversation.collect_events(), start=1))
+    subscriber = client.pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(conversation_channel(conversation.id))
+    subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)
+    try:
+        replies = Relay(client).publish(events, then=[("SET", "after-the-frames", "1"), ("GET", "after-the-frames")])
+        client.publish(conversation_channel(conversation.id), END)
+        frames = []
+        while (message := subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)) is not None and message["data"] != END:
+            frames.append(orjson.loads(orjson.loads(message["data"])["frame"]))
+    finally:
+        subscriber.close()
+
+    assert replies == [b"OK", b"1"]  # the replies of `then`, in order
+    # The typing frame a message calls for comes after the batch's messages.
+    assert [f["event"] for f in frames] == ["message_received", "message_received", "typing_update"]
+    assert frames[-1]["data"]["typingUsers"] == []
+    assert client.smembers(TYPING_KEY.format(conversation.id)) == set()
 
 
 def test_unread_totals_with_a_route_share_one_envelope_per_conversation_and_the_rest_go_direct(redis_url: str) -> None:
