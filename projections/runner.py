@@ -12,8 +12,8 @@ transaction that advances tracking, NOTIFYs the new position (delivered on commi
 what read-your-writes waits for) and returns the memberships whose unread counts changed.
 After the commit, publish the live frames and, in the same Redis round trip after them, write
 the Redis projection; then queue the new unread counts (pushed at most every
-`unread_pushes.PUSH_EVERY_S`). When caught up, it sleeps in LISTEN on
-the event store's channel, so a new event is projected within milliseconds.
+`unread_pushes.PUSH_EVERY_S`). When caught up, it sleeps in LISTEN on the event store's
+channel, so a new event is projected within milliseconds.
 """
 
 from __future__ import annotations
@@ -192,9 +192,10 @@ class ProjectionRunner:
         applies the batch, advances tracking, NOTIFYs, and returns the memberships whose unread
         counts it may have changed, all in the transaction of its call. Read inside it, they are
         exactly what its commit makes visible. After the commit: publish the live frames and
-        write Redis (one round trip), and queue the new unread counts. The rare further reads (edited messages for the
-        relay, inbox rows the batch cannot give) come after the commit; this runner is the read
-        model's only writer (the tracking row's lock makes it so), so they see the same."""
+        write Redis (one round trip), and queue the new unread counts. The rare further reads
+        (edited messages for the relay, inbox rows the batch cannot give) come after the
+        commit; this runner is the read model's only writer (the tracking row's lock makes it
+        so), so they see the same."""
         changes = fold(batch)
         counters = self.counters if not self._redis_behind else None
         relay = self.relay if not (self._relay_behind or self._redis_behind) else None
