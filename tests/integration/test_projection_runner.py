@@ -608,6 +608,25 @@ class TestRedelivery:
 # ---- batch boundaries --------------------------------------------------------------------------
 
 
+class TestACaughtUpRunner:
+    def test_is_woken_by_each_commit_not_by_its_idle_wait(
+        self, chat: Chat, start_runner: Callable[..., ProjectionRunner], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # An idle wait far beyond the settle timeout: only the commits' NOTIFYs can wake it in time.
+        monkeypatch.setattr(runner_module, "IDLE_WAIT_S", 10 * SETTLE_TIMEOUT_S)
+        runner = start_runner(None)
+        conversation = chat.start(ALICE, BOB, kind="DIRECT")
+        wait_for_projection(runner, chat.position)
+
+        for turn in range(3):  # each after the runner caught up and waits again
+            chat.send(conversation, ALICE, f"turn {turn}")
+            wait_for_projection(runner, chat.position)
+        # Several commits while it may be busy with the first: one wake covers what they wrote.
+        chat.send_many(conversation, [ALICE, BOB], [f"burst {n}" for n in range(20)])
+        wait_for_projection(runner, chat.position)
+        assert runner.status.position == runner.status.head == chat.position
+
+
 class TestTheBatchFunction:
     """`apply_batch`: one call per live batch, one transaction (see `projections/batch_function.py`)."""
 
