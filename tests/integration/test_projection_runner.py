@@ -347,12 +347,21 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
         client.close()
 
 
-def trip_in_postgres(chat: Chat, db: psycopg.Connection[Any]) -> tuple[Trip, list[tuple[int, Any]]]:
-    """The trip told and its events applied to a fresh Postgres read model by hand."""
+def trip_told(chat: Chat, db: psycopg.Connection[Any]) -> tuple[Trip, list[tuple[int, Any]], int]:
+    """The trip told, its events read back, and a fresh read model made (nothing applied): the
+    trip, its events and the read model's generation."""
     trip = tell_the_trip_story(chat)
     events = log_events(chat.node.app)
     with db.transaction(), db.cursor() as cursor:
-        apply(cursor, generation_schema(ensure_read_model(cursor)), fold(events), 0)
+        generation = ensure_read_model(cursor)
+    return trip, events, generation
+
+
+def trip_in_postgres(chat: Chat, db: psycopg.Connection[Any]) -> tuple[Trip, list[tuple[int, Any]]]:
+    """The trip told and its events applied to a fresh Postgres read model by hand."""
+    trip, events, generation = trip_told(chat, db)
+    with db.transaction(), db.cursor() as cursor:
+        apply(cursor, generation_schema(generation), fold(events), 0)
     return trip, events
 
 
@@ -532,10 +541,8 @@ class TestRedelivery:
         self, chat: Chat, db: psycopg.Connection[Any]
     ) -> None:
         # Step 1: a log with every kind of event, projected once.
-        trip = tell_the_trip_story(chat)
-        events = log_events(chat.node.app)
-        with db.transaction(), db.cursor() as cursor:
-            schema = generation_schema(ensure_read_model(cursor))
+        trip, events, generation = trip_told(chat, db)
+        schema = generation_schema(generation)
         with db.transaction(), db.cursor() as cursor:
             apply(cursor, schema, fold(events), 0)
         once = table_contents(db, schema)
@@ -633,10 +640,7 @@ class TestTheBatchFunction:
     def test_a_live_batch_returns_the_memberships_whose_unread_counts_it_changed(
         self, chat: Chat, db: psycopg.Connection[Any]
     ) -> None:
-        trip = tell_the_trip_story(chat)
-        events = log_events(chat.node.app)
-        with db.transaction(), db.cursor() as cursor:
-            generation = ensure_read_model(cursor)
+        trip, events, generation = trip_told(chat, db)
         changes = fold(events)
         users, conversations = unread_keys(changes)
         with db.cursor() as cursor:
