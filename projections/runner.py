@@ -212,6 +212,8 @@ class ProjectionRunner:
             if error.sqlstate == GENERATION_SWITCHED:
                 self._generation = None  # a replay switched: resume from the new generation
             raise_conflicts(error)
+            if self._generation_replaced(work, generation):  # a replay may drop it right after
+                raise TrackingConflictError(f"generation {generation} was replaced") from error
             raise
         derived: DerivedValues | None = None
         changed_messages: dict[Any, dict[str, Any]] = {}
@@ -259,6 +261,15 @@ class ProjectionRunner:
         assert generation is not None
         self._generation = generation
         return generation
+
+    def _generation_replaced(self, work: psycopg.Connection[Any], generation: int) -> bool:
+        """After a failed batch: is another generation live now? (A replay that switched while
+        this runner was idle drops the old one: its functions are gone, not merely outdated.)"""
+        try:
+            with work.transaction(), work.cursor() as cursor:
+                return live_generation(cursor) != generation
+        except psycopg.Error:
+            return False  # the connection itself failed: the batch's error says why
 
     def _push_unread(self) -> float | None:
         """Push the pending unread totals if their interval allows; the seconds until it does."""

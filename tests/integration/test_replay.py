@@ -338,6 +338,21 @@ class TestRebuildWhileWriting:
         reference = build_generation(database_url, log_events(app), REFERENCE_GENERATION, ALL_AT_ONCE)
         assert table_contents(db, "read") == table_contents(db, reference)
 
+    def test_an_idle_live_runner_follows_the_switch_without_failing(
+        self, live: Live, database_url: str, db: psycopg.Connection[Any], make_counters: Any
+    ) -> None:
+        # Step 1: the runner is caught up and idle while a replay switches and drops its generation.
+        report = Replay(live.chat.node.app, database_url, make_counters()).rebuild_postgres()
+        assert report.switched and generation_schemas(db) == [f"rm_g{report.generation}"]
+
+        # Step 2: the next message goes to the new generation, with no error on the way.
+        live.chat.send(live.trip.group, ALICE, "after the switch")
+        wait_for_projection(live.runner, live.chat.position)
+        assert live.runner.status.last_error is None
+        assert db.execute("SELECT content FROM read.messages ORDER BY position DESC LIMIT 1").fetchone() == (
+            "after the switch",
+        )
+
     def test_verify_ignores_a_message_committed_during_the_switch(
         self,
         live: Live,
