@@ -10,7 +10,8 @@ session, takes the whole batch as one JSON document (encoded by orjson, decoded 
 nested loops only (its `SET` clauses, which hold during the call alone): see the comment there.
 
 Each generation schema has its own copy, so every statement names its tables statically (and
-its plans stay cached); `ensure_read_model` (re)creates the live generation's at start.
+its plans stay cached); `ensure_read_model` (re)creates the live generation's at start. Edits
+and deletions go through `apply_message_updates`, which a rebuild also calls on its own.
 
 The document (`postgres_projector.batch_document`): `position`; row lists `conversations`,
 `joined`, `left`, `messages`, `updates`, `touched`, `receipts`; for the live runner, `notify`
@@ -25,6 +26,20 @@ from psycopg import sql
 
 TRACKING_MOVED = "LP001"  # SQLSTATE: tracking is not where the caller expected
 GENERATION_SWITCHED = "LP002"  # SQLSTATE: a live batch on a generation that is no longer live
+
+# Edits and deletions of messages written before the batch. Its own function because a rebuild
+# also calls it alone, while `messages` has only its primary key (a rewrite costs least then):
+# there it joins with the planner's own choice, in `apply_batch` by nested loops, whose
+# settings hold for what it calls.
+_MESSAGE_UPDATES = """
+CREATE OR REPLACE FUNCTION {s}.apply_message_updates(updates jsonb) RETURNS void
+LANGUAGE sql AS $function$
+    UPDATE {s}.messages m SET content = v.content, edited_at = coalesce(v.edited_at, m.edited_at),
+        deleted_at = coalesce(v.deleted_at, m.deleted_at)
+    FROM jsonb_to_recordset(updates) AS v(id uuid, content text, edited_at timestamptz, deleted_at timestamptz)
+    WHERE m.id = v.id
+$function$
+"""
 
 _FUNCTION = """
 CREATE OR REPLACE FUNCTION {s}.apply_batch(expected bigint, batch jsonb, generation int, live boolean)
@@ -80,12 +95,8 @@ BEGIN
             message_type text, parent_message_id uuid, client_message_id text, created_at timestamptz,
             edited_at timestamptz, deleted_at timestamptz);
     END IF;
-    IF batch ? 'updates' THEN  -- edits and deletions of messages written before this batch
-        UPDATE {s}.messages m SET content = v.content, edited_at = coalesce(v.edited_at, m.edited_at),
-            deleted_at = coalesce(v.deleted_at, m.deleted_at)
-        FROM jsonb_to_recordset(batch->'updates') AS v(id uuid, content text, edited_at timestamptz,
-            deleted_at timestamptz)
-        WHERE m.id = v.id;
+    IF batch ? 'updates' THEN
+        PERFORM {s}.apply_message_updates(batch->'updates');
     END IF;
     IF batch ? 'touched' THEN  -- every conversation with a new tip was touched too: one statement
         UPDATE {s}.conversations c SET updated_at = greatest(c.updated_at, v.touched_at),
@@ -133,6 +144,8 @@ $function$
 """
 
 
-def create_batch_function_statement(schema: str, pointer_table: str) -> sql.Composed:
-    """`apply_batch` in a generation's schema; `pointer_table` names its live generation."""
-    return sql.SQL(_FUNCTION).format(s=sql.Identifier(schema), p=sql.Identifier(pointer_table))  # type: ignore[arg-type]
+def create_batch_function_statements(schema: str, pointer_table: str) -> list[sql.Composed]:
+    """`apply_message_updates` and `apply_batch` in a generation's schema (after its tables);
+    `pointer_table` names the live generation."""
+    names = {"s": sql.Identifier(schema), "p": sql.Identifier(pointer_table)}
+    return [sql.SQL(source).format(**names) for source in (_MESSAGE_UPDATES, _FUNCTION)]  # type: ignore[arg-type]

@@ -180,10 +180,7 @@ def batch_document(changes: ReadModelChanges) -> dict[str, Any]:
     if changes.messages:
         document["messages"] = [dict(zip(MESSAGE_COLUMNS, row)) for row in changes.messages.values()]
     if changes.message_updates:
-        document["updates"] = [
-            {"id": message_id, "content": content, "edited_at": edited, "deleted_at": deleted}
-            for message_id, (content, edited, deleted) in changes.message_updates.items()
-        ]
+        document["updates"] = _updates(changes)
     if changes.touched:
         tips = changes.tips
         document["touched"] = [
@@ -221,7 +218,7 @@ def apply_statement(
         document["unread_conversations"] = unread_conversations
     return (
         _statement("SELECT * FROM {s}.apply_batch(%s, %s::jsonb, %s, %s)", schema),
-        (expected_position, Jsonb(document, dumps=_dumps), generation, live),
+        (expected_position, Jsonb(document, dumps=orjson.dumps), generation, live),
     )
 
 
@@ -242,21 +239,12 @@ def raise_conflicts(error: psycopg.Error) -> None:
 
 
 def apply_message_updates(cursor: Cursor[Any], schema: str, changes: ReadModelChanges) -> None:
-    """Edits and deletions of messages written before this batch (part of `apply`; a rebuild
-    runs it before the messages table has indexes, when rewriting a row costs least)."""
-    if not changes.message_updates:
-        return
-    updates = [[message_id, *values] for message_id, values in changes.message_updates.items()]
-    cursor.execute(
-        _statement(
-            "UPDATE {s}.messages m SET content = v.content, edited_at = coalesce(v.edited_at, m.edited_at),"
-            " deleted_at = coalesce(v.deleted_at, m.deleted_at)"
-            " FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[])"
-            " AS v(id, content, edited_at, deleted_at) WHERE m.id = v.id",
-            schema,
-        ),
-        _columns(updates, 4),
-    )
+    """Edits and deletions of messages written before this batch, alone (`apply` writes them
+    with the rest; a rebuild writes them while `messages` has only its primary key)."""
+    if changes.message_updates:
+        cursor.execute(
+            _statement("SELECT {s}.apply_message_updates(%s::jsonb)", schema), (Jsonb(_updates(changes), dumps=orjson.dumps),)
+        )
 
 
 def copy_messages(cursor: Cursor[Any], schema: str, changes: ReadModelChanges) -> None:
@@ -268,8 +256,11 @@ def copy_messages(cursor: Cursor[Any], schema: str, changes: ReadModelChanges) -
         changes.messages.clear()
 
 
-def _dumps(document: Any) -> bytes:
-    return orjson.dumps(document)
+def _updates(changes: ReadModelChanges) -> list[dict[str, Any]]:
+    return [
+        {"id": message_id, "content": content, "edited_at": edited, "deleted_at": deleted}
+        for message_id, (content, edited, deleted) in changes.message_updates.items()
+    ]
 
 
 @functools.lru_cache(maxsize=256)
@@ -291,8 +282,3 @@ def _copy_statement(schema: str, table: str, columns: tuple[str, ...]) -> bytes:
 
 def _mark(mark: tuple[int, datetime, int] | None) -> tuple[int | None, datetime | None]:
     return (mark[0], mark[1]) if mark is not None else (None, None)
-
-
-def _columns(rows: list[list[Any]], width: int) -> list[list[Any]]:
-    """Rows to per-column arrays, for one `unnest(...)` statement instead of one per row."""
-    return [[row[i] for row in rows] for i in range(width)]

@@ -237,7 +237,7 @@ class Replay:
             events += sum(copy.result() for copy in copies)
         log.info("replay: messages copied and other events folded in %.1f s", time.monotonic() - began)
         with conn.transaction(), conn.cursor() as cursor:
-            # Before any index exists, so the edited rows are rewritten without index upkeep.
+            # Before the secondary indexes exist (GIN above all): a rewritten row updates only the key.
             apply_message_updates(cursor, schema, changes)
         changes.message_updates.clear()  # written: `apply` below must not write them again
         search_index, *other_indexes = create_index_statements(generation)

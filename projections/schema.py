@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from psycopg import Cursor, sql
 
-from projections.batch_function import create_batch_function_statement
+from projections.batch_function import create_batch_function_statements
 
 POINTER_TABLE = "loopify_read_models"  # in `public`: name -> live generation
 READ_SCHEMA = "read"  # the stable names queries use
@@ -37,7 +37,8 @@ def create_generation_statements(generation: int) -> list[sql.Composed]:
 
 
 def create_table_statements(generation: int) -> list[sql.Composed]:
-    """The tables alone: a rebuild fills `messages` first and indexes it afterwards."""
+    """The tables and the functions that write them (no index beyond the keys but on `messages`:
+    a rebuild fills it first and indexes it afterwards)."""
     schema = sql.Identifier(generation_schema(generation))
     statements = [
         "CREATE SCHEMA IF NOT EXISTS {s}",
@@ -84,9 +85,9 @@ def create_table_statements(generation: int) -> list[sql.Composed]:
         "CREATE TABLE IF NOT EXISTS {s}.tracking (name text PRIMARY KEY, position bigint NOT NULL)",
         "INSERT INTO {s}.tracking (name, position) VALUES ('postgres', 0) ON CONFLICT DO NOTHING",
     ]
-    return [sql.SQL(statement).format(s=schema) for statement in statements] + [
-        create_batch_function_statement(generation_schema(generation), POINTER_TABLE)
-    ]
+    return [sql.SQL(statement).format(s=schema) for statement in statements] + create_batch_function_statements(
+        generation_schema(generation), POINTER_TABLE
+    )
 
 
 def create_index_statements(generation: int) -> list[sql.Composed]:
@@ -153,8 +154,9 @@ def ensure_read_model(cursor: Cursor) -> int:
             sql.SQL("INSERT INTO {p} (name, generation) VALUES (%s, %s)").format(p=sql.Identifier(POINTER_TABLE)),
             (POSTGRES_MODEL, generation),
         )
-    else:  # a generation made by an older version may lack the function, or have an older one
-        cursor.execute(create_batch_function_statement(generation_schema(generation), POINTER_TABLE))
+    else:  # a generation made by an older version may lack the functions, or have older ones
+        for statement in create_batch_function_statements(generation_schema(generation), POINTER_TABLE):
+            cursor.execute(statement)
     return generation
 
 
