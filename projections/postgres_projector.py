@@ -203,19 +203,21 @@ def batch_document(changes: ReadModelChanges) -> dict[str, Any]:
 
 def apply_statement(
     schema: str, generation: int, changes: ReadModelChanges, expected_position: int, *, live: bool = False,
-    notify: str | None = None, unread_users: list[str] | None = None, unread_conversations: list[Any] | None = None,
+    notify: str | None = None, unread: tuple[list[str], list[Any]] | None = None,
 ) -> tuple[bytes, tuple[Any, ...]]:
     """The call of `apply_batch` for a batch: it advances tracking from `expected_position`
     (else raises `TRACKING_MOVED`) and writes the changes; `live` checks the generation is the
     live one (else `GENERATION_SWITCHED`), `notify` names the channel told the new position on
-    commit, and the unread users and conversations ask for their memberships back."""
+    commit, and `unread` (users, conversations: `RedisCounters.unread_keys`) asks for their
+    memberships back."""
     document = batch_document(changes)
     if notify is not None:
         document["notify"] = notify
-    if unread_users:
-        document["unread_users"] = unread_users
-    if unread_conversations:
-        document["unread_conversations"] = unread_conversations
+    users, conversations = unread or ([], [])
+    if users:
+        document["unread_users"] = users
+    if conversations:
+        document["unread_conversations"] = conversations
     return (
         _statement("SELECT * FROM {s}.apply_batch(%s, %s::jsonb, %s, %s)", schema),
         (expected_position, Jsonb(document, dumps=orjson.dumps), generation, live),

@@ -31,6 +31,8 @@ from projections.redis_batch import Arg, Command
 POSITION_KEY = "projection:redis:position"
 # (user_id, conversation_id, unread, the conversation's last seq): one active membership
 Membership = tuple[str, Any, int, int]
+# Whose unread counts a batch may have changed: (users, conversations); see `unread_keys`
+UnreadKeys = tuple[list[str], list[Any]]
 REBUILD_CHUNK = 1000  # users (or conversations) per query and pipeline during a full rebuild
 
 # Move the position forward only: a slow, older writer must never move it back. A missing
@@ -86,16 +88,18 @@ class RedisCounters:
         return self.write(self.read(cursor, changes))
 
     def read(self, cursor: Cursor[Any], changes: ReadModelChanges) -> DerivedValues:
-        """The values the batch may have changed, as the read model holds them (the runner
+        """The values the batch may have changed, as the read model holds them (the live runner
         has `apply_batch` return the memberships within the batch's own transaction, and calls
         `derive`)."""
-        users, conversations = unread_keys(changes)
-        return self.derive(cursor, changes, self._read_memberships(cursor, users, conversations))
+        keys = unread_keys(changes)
+        return self.derive(cursor, changes, keys, self._read_memberships(cursor, *keys))
 
-    def derive(self, cursor: Cursor[Any], changes: ReadModelChanges, memberships: list[Membership]) -> DerivedValues:
+    def derive(
+        self, cursor: Cursor[Any], changes: ReadModelChanges, keys: UnreadKeys, memberships: list[Membership]
+    ) -> DerivedValues:
         """The batch's values, from the memberships of its `unread_keys` (the cursor reads back
         only the inbox rows the batch itself cannot give)."""
-        users, conversations = unread_keys(changes)
+        users, conversations = keys
         last_seqs = {conversation_id: last_seq for _, conversation_id, _, last_seq in memberships}
         return DerivedValues(
             unread=_unread_by_user(memberships, users),
@@ -198,7 +202,7 @@ class RedisCounters:
         }
 
 
-def unread_keys(changes: ReadModelChanges) -> tuple[list[str], list[Any]]:
+def unread_keys(changes: ReadModelChanges) -> UnreadKeys:
     """Whose unread counts a batch may have changed: users whose own membership or reads it
     changed, and conversations with new messages (all their members)."""
     return sorted({user for _, user in changes.unread_users}), list(changes.unread_conversations)

@@ -28,7 +28,6 @@ import psycopg
 
 from projections.ports import EventLog
 from projections import redis_batch
-from projections.batch_function import GENERATION_SWITCHED
 from projections.postgres_projector import TrackingConflictError, apply_statement, fold, raise_conflicts
 from projections.redis_counters import DerivedValues, RedisCounters, unread_keys
 from projections.relay import Relay
@@ -199,49 +198,48 @@ class ProjectionRunner:
         changes = fold(batch)
         counters = self.counters if not self._redis_behind else None
         relay = self.relay if not (self._relay_behind or self._redis_behind) else None
-        generation = self._generation if self._generation is not None else self._live_generation(work)
-        users, conversations = unread_keys(changes) if counters is not None else ([], [])
+        generation = self._generation
+        assert generation is not None  # `_tracked_position` reads it before the first batch
+        keys = unread_keys(changes) if counters is not None else None
         statement = apply_statement(
             generation_schema(generation), generation, changes, position, live=True, notify=POSITION_CHANNEL,
-            unread_users=users, unread_conversations=conversations,
+            unread=keys,
         )
         try:
             with work.cursor() as cursor:
                 memberships = cursor.execute(*statement).fetchall()
         except psycopg.Error as error:
-            if error.sqlstate == GENERATION_SWITCHED:
-                self._generation = None  # a replay switched: resume from the new generation
-            raise_conflicts(error)
+            raise_conflicts(error)  # the caller then reads the position (and generation) again
             if self._generation_replaced(work, generation):  # a replay may drop it right after
                 raise TrackingConflictError(f"generation {generation} was replaced") from error
             raise
         derived: DerivedValues | None = None
         changed_messages: dict[Any, dict[str, Any]] = {}
         with work.cursor() as cursor:
-            if counters is not None:
-                derived = counters.derive(cursor, changes, memberships)
+            if counters is not None and keys is not None:
+                derived = counters.derive(cursor, changes, keys, memberships)
             if relay is not None:
                 changed_messages = relay.changed_messages(cursor, batch)
         self.status.position = changes.position
         self.status.batches += 1
         self.status.events += len(batch)
-        if relay is None and (counters is None or derived is None):
+        if counters is None or derived is None:
+            if relay is not None:
+                try:
+                    relay.publish(batch, changed_messages)
+                except Exception as error:
+                    self._relay_failed(error)
             return changes.position
         # Live frames first, then the Redis projection, in one round trip: a message to a large
         # group changes an unread count per member, and its members should not wait for those
         # to see the message itself.
-        writes, totals = counters.commands(derived) if counters is not None and derived is not None else ([], {})
+        writes, totals = counters.commands(derived)
         try:
             if relay is not None:
-                replies = relay.publish(batch, changed_messages, then=writes)
+                RedisCounters.check(relay.publish(batch, changed_messages, then=writes))
             else:
-                replies = redis_batch.execute(counters.client, writes)  # type: ignore[union-attr]
-            if writes:
-                RedisCounters.check(replies)
+                RedisCounters.check(redis_batch.execute(counters.client, writes))
         except Exception as error:
-            if not writes:
-                self._relay_failed(error)
-                return changes.position
             # Redis down: Postgres goes on; Redis catches up later, and the relay resumes from
             # its own position once Redis is back.
             self._redis_behind = True
@@ -249,18 +247,10 @@ class ProjectionRunner:
             self.status.last_error = f"redis: {error}"
             log.warning("Redis projection refresh failed: %s", error)
             return changes.position
-        if writes:
-            self.status.redis_position = changes.position
-            if self._unread_pushes is not None and relay is not None and not self._relay_behind:
-                self._unread_pushes.add(totals, derived.via)  # type: ignore[union-attr]
+        self.status.redis_position = changes.position
+        if self._unread_pushes is not None and relay is not None and not self._relay_behind:
+            self._unread_pushes.add(totals, derived.via)
         return changes.position
-
-    def _live_generation(self, work: psycopg.Connection[Any]) -> int:
-        with work.transaction(), work.cursor() as cursor:
-            generation = live_generation(cursor)
-        assert generation is not None
-        self._generation = generation
-        return generation
 
     def _generation_replaced(self, work: psycopg.Connection[Any], generation: int) -> bool:
         """After a failed batch: is another generation live now? (A replay that switched while

@@ -66,7 +66,8 @@ def measure(per_batch: int, batches: int) -> None:
                 client.set(POSITION_KEY, 0)
                 runner._redis_behind = runner._relay_behind = False  # as after the runner's start-up
                 backend = work.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
-                position = runner._project(work, app.read_log(0, 10_000), 0)  # the conversations
+                position = runner._tracked_position(work)  # as at the runner's start: 0, and the generation
+                position = runner._project(work, app.read_log(position, 10_000), position)  # the conversations
                 cpu, wall = [], []
                 backend_before = backend_cpu_s(backend)
                 for n in range(batches):

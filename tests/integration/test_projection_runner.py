@@ -646,8 +646,7 @@ class TestTheBatchFunction:
         with db.cursor() as cursor:
             returned = cursor.execute(
                 *apply_statement(
-                    generation_schema(generation), generation, changes, 0, live=True,
-                    unread_users=users, unread_conversations=conversations,
+                    generation_schema(generation), generation, changes, 0, live=True, unread=(users, conversations)
                 )
             ).fetchall()
             read_back = RedisCounters._read_memberships(cursor, users, conversations)
