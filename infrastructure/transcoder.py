@@ -1,10 +1,16 @@
-"""A faster decoder for the event store's JSON, byte-compatible with the library's format.
+"""A faster transcoder for the event store's JSON, byte-compatible with the library's format.
 
-Encoding is untouched (`JSONTranscoder.encode`), so stored rows look exactly as before. Decoding
-parses with orjson (about 5x the standard library here) and then converts the library's tagged
-values (`{"_type_": "uuid_hex", "_data_": ...}`) in one walk. Replays and projections decode every
-event of the log, so this is where their time goes. Anything orjson refuses falls back to the
-standard decoder, so no stored row can become unreadable.
+Encoding tags the values a registered transcoding handles (`{"_type_": "uuid_hex", "_data_":
+...}`, as the library's `default` hook does) in one walk, then writes with orjson: the bytes are
+those of `JSONTranscoder.encode` (compact separators, UTF-8 unescaped; orjson escapes exactly the
+characters `json` does, checked for every code point), at a fraction of its cost on the
+group-commit writer, which encodes every event it saves. Anything whose encoding could differ
+(floats, subclasses of built-in types, non-string keys, integers beyond 64 bits) goes through
+the library's encoder instead.
+
+Decoding parses with orjson (about 5x the standard library here) and then converts the tagged
+values in one walk. Replays and projections decode every event of the log. Anything orjson
+refuses falls back to the standard decoder, so no stored row can become unreadable.
 """
 
 from __future__ import annotations
@@ -15,7 +21,30 @@ import orjson
 from eventsourcing.persistence import JSONTranscoder
 
 
+class _NotPlainJSON(Exception):
+    """A value whose JSON the library's encoder should write (see the module docstring)."""
+
+
 class FastJSONTranscoder(JSONTranscoder):
+    def encode(self, obj: Any) -> bytes:
+        try:
+            return orjson.dumps(self._tag(obj))
+        except (_NotPlainJSON, orjson.JSONEncodeError):
+            return super().encode(obj)
+
+    def _tag(self, value: Any) -> Any:
+        kind = type(value)
+        if kind is str or kind is int or kind is bool or value is None:
+            return value
+        if kind is dict:
+            return {key: self._tag(item) for key, item in value.items()}
+        if kind is list or kind is tuple:
+            return [self._tag(item) for item in value]
+        transcoding = self.types.get(kind)
+        if transcoding is None:  # floats and subclasses: their JSON is the library's to write
+            raise _NotPlainJSON
+        return {"_type_": transcoding.name, "_data_": self._tag(transcoding.encode(value))}
+
     def decode(self, data: bytes) -> Any:
         try:
             parsed = orjson.loads(data)

@@ -249,3 +249,51 @@ class TestTheMessageIndexIsWrittenInTheEventsTransaction:
         ) as datastore:
             with pytest.raises(ValueError, match="POSTGRES_ENABLE_DB_FUNCTIONS"):
                 MessagingRecorder(datastore, events_table_name=EVENTS_TABLE)
+
+
+class TestTheAppendStatement:
+    def test_states_are_stored_byte_for_byte_whatever_their_bytes(self, recorder: MessagingRecorder) -> None:
+        # A cipher or a compressor makes states binary; they travel in base64 inside the JSON.
+        conversation_id = uuid4()
+        states = [bytes(range(256)), b"", '{"content":"caf\u00e9 \U0001f6b2 $$ %s \\\\"}'.encode()]
+
+        recorder.insert_events(
+            [StoredEvent(conversation_id, version, SENT_TOPIC, state) for version, state in enumerate(states, 1)]
+        )
+
+        assert [bytes(e.state) for e in recorder.select_events(conversation_id)] == states
+
+    def test_positions_follow_the_order_of_the_batch(self, recorder: MessagingRecorder) -> None:
+        first, second = uuid4(), uuid4()
+        batch = [stored_event(second, 1), stored_event(first, 1), stored_event(second, 2)]
+
+        positions = recorder.insert_events(batch)
+
+        assert positions is not None and positions == sorted(positions)
+        stored = {(n.originator_id, n.originator_version): n.id for n in recorder.select_notifications(0, 10)}
+        assert [stored[(e.originator_id, e.originator_version)] for e in batch] == positions
+
+    def test_a_database_made_with_the_array_version_of_the_function_ends_with_only_the_json_one(
+        self, recorder: MessagingRecorder, postgres_params: PostgresParams
+    ) -> None:
+        with psycopg.connect(
+            host=postgres_params.host,
+            port=postgres_params.port,
+            user=postgres_params.user,
+            dbname=postgres_params.dbname,
+            autocommit=True,
+        ) as conn:
+            conn.execute(
+                SQL(
+                    "CREATE FUNCTION public.{}(uuid[], bigint[], text[], bytea[], uuid[], uuid[], text[],"
+                    " bigint[], bigint[], text[], uuid[]) RETURNS SETOF bigint LANGUAGE sql AS 'SELECT 1::bigint'"
+                ).format(Identifier(recorder.append_function_name))
+            )
+
+            recorder.create_table()  # what every start does
+
+            signatures = conn.execute(
+                "SELECT pg_get_function_identity_arguments(oid) FROM pg_proc WHERE proname = %s",
+                (recorder.append_function_name,),
+            ).fetchall()
+        assert signatures == [("batch jsonb",)]
