@@ -295,6 +295,35 @@ class TestPublishAndReceive:
 
         run(story())
 
+    def test_a_url_naming_a_database_selects_it_and_still_receives(self, redis_server: RedisServer) -> None:
+        # Channels are global in Redis; the SELECT must only not get in the way.
+        async def story() -> None:
+            async with Broadcast(backend=ResilientRedisBackend(f"redis://127.0.0.1:{redis_server.port}/3")) as broadcast:
+                async with broadcast.subscribe("room:db3") as subscriber:
+                    await broadcast.publish("room:db3", "selected")
+                    assert await receive(subscriber) == Event("room:db3", "selected")
+
+        run(story())
+
+    def test_bytes_that_are_not_utf8_arrive_replaced_not_as_a_dead_reader(self, redis_server: RedisServer) -> None:
+        async def story() -> None:
+            async with Broadcast(backend=ResilientRedisBackend(redis_server.url("unix"))) as broadcast:
+                async with broadcast.subscribe("room:raw") as subscriber:
+                    redis_server.client().publish("room:raw", b"caf\xe9")
+                    await broadcast.publish("room:raw", "next")
+                    assert await receive(subscriber) == Event("room:raw", "caf\ufffd")
+                    assert await receive(subscriber) == Event("room:raw", "next")
+
+        run(story())
+
+    def test_a_refused_password_fails_connect_with_redis_unavailable(self, redis_server: RedisServer) -> None:
+        # This server has no password: Redis answers AUTH with an error.
+        async def story() -> None:
+            with pytest.raises(RedisUnavailableError, match="refused"):
+                await ResilientRedisBackend(f"redis://:wrong@127.0.0.1:{redis_server.port}/0").connect()
+
+        run(story())
+
 
 class TestConnectionLoss:
     @pytest.mark.parametrize("transport", TRANSPORTS)
