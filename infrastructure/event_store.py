@@ -13,6 +13,7 @@ The library's own recorder test cases run against this class
 
 from __future__ import annotations
 
+import collections
 from base64 import b64encode
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,6 +56,24 @@ def schema_creation_lock(database_url: str) -> Iterator[None]:
 _reconnecting = retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
 
 
+class _WarmestFirst(collections.deque):  # type: ignore[type-arg]
+    """psycopg_pool's idle connections, most recently returned first.
+
+    The pool hands out with `popleft()` and takes back with `append()`: a queue, so one writer
+    thread's batches went round all its connections, each a Postgres backend process woken in
+    turn with cold caches. Taking back at the front hands out the connection just returned;
+    the others idle at the back and are the ones the pool shrinks away."""
+
+    def append(self, connection: Any) -> None:
+        self.appendleft(connection)
+
+
+def _hand_out_warmest_first(datastore: PostgresDatastore) -> None:
+    pool = datastore.pool
+    if isinstance(getattr(pool, "_pool", None), collections.deque):  # psycopg_pool 3.x's idle list
+        pool._pool = _WarmestFirst(pool._pool)
+
+
 class MessagingRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events") -> None:
         if datastore.enable_db_functions:
@@ -62,6 +81,7 @@ class MessagingRecorder(PostgresApplicationRecorder):
             # and takes no table lock (so subscribers can skip events): refuse it outright.
             raise ValueError("POSTGRES_ENABLE_DB_FUNCTIONS must stay off for the Messaging event store")
         super().__init__(datastore, events_table_name=events_table_name)
+        _hand_out_warmest_first(datastore)
         self.message_index_table = events_table_name.removesuffix("_events") + "_message_index"
         self._message_index_key = f"{self.message_index_table}_pkey"  # Postgres's name for its primary key
         table = SQL("{}.{}").format(Identifier(datastore.schema), Identifier(self.message_index_table))

@@ -297,3 +297,26 @@ class TestTheAppendStatement:
                 (recorder.append_function_name,),
             ).fetchall()
         assert signatures == [("batch jsonb",)]
+
+
+class TestTheConnectionPool:
+    def test_one_thread_gets_the_connection_it_returned_last(self, postgres_params: PostgresParams) -> None:
+        # A single writer thread then keeps one Postgres backend warm instead of waking each in turn.
+        with PostgresDatastore(
+            postgres_params.dbname,
+            postgres_params.host,
+            postgres_params.port,
+            postgres_params.user,
+            postgres_params.password,
+            pool_size=3,
+        ) as datastore:
+            recorder = MessagingRecorder(datastore, events_table_name=EVENTS_TABLE)
+            with datastore.get_connection() as first, datastore.get_connection() as second:
+                assert first.info.backend_pid != second.info.backend_pid  # the pool holds several
+
+            backends = []
+            for _ in range(6):
+                with recorder.datastore.get_connection() as conn:
+                    backends.append(conn.info.backend_pid)
+
+        assert len(set(backends)) == 1
