@@ -9,6 +9,7 @@ datastore with a one-connection pool per test, and every table dropped before an
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
@@ -28,12 +29,20 @@ SENT_TOPIC = "loopify:Conversation.MessageSent"
 SUBSCRIBE_POOL_SIZE = 2  # a subscription holds one connection for LISTEN while the test inserts
 
 
+def connect(params: PostgresParams, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=params.host, port=params.port, user=params.user, dbname=params.dbname, autocommit=autocommit
+    )
+
+
+def open_datastore(params: PostgresParams, **options: Any) -> PostgresDatastore:
+    return PostgresDatastore(params.dbname, params.host, params.port, params.user, params.password, **options)
+
+
 def drop_everything(params: PostgresParams) -> None:
     """What the library's `drop_tables()` does for its own tests: tables, composite types and
     functions in the public schema, so the next test's `create_table()` starts from nothing."""
-    with psycopg.connect(
-        host=params.host, port=params.port, user=params.user, dbname=params.dbname, autocommit=True
-    ) as conn:
+    with connect(params, autocommit=True) as conn:
         tables = conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
         ).fetchall()
@@ -61,16 +70,7 @@ class TestMessagingRecorderKeepsTheLibraryApplicationRecorderContract(
         super().setUp()
         drop_everything(self.postgres)
         # As the library's SetupPostgresDatastore: one connection, no overflow.
-        self.datastore = PostgresDatastore(
-            self.postgres.dbname,
-            self.postgres.host,
-            self.postgres.port,
-            self.postgres.user,
-            self.postgres.password,
-            pool_size=1,
-            max_overflow=0,
-            max_waiting=0,
-        )
+        self.datastore = open_datastore(self.postgres, pool_size=1, max_overflow=0, max_waiting=0)
 
     def tearDown(self) -> None:
         self.datastore.close()
@@ -94,13 +94,7 @@ class TestMessagingRecorderKeepsTheLibraryApplicationRecorderContract(
 
 @pytest.fixture
 def datastore(postgres_params: PostgresParams) -> Iterator[PostgresDatastore]:
-    store = PostgresDatastore(
-        postgres_params.dbname,
-        postgres_params.host,
-        postgres_params.port,
-        postgres_params.user,
-        postgres_params.password,
-    )
+    store = open_datastore(postgres_params)
     yield store
     store.close()
 
@@ -142,12 +136,7 @@ class TestTheMessageIndexTable:
     def test_it_is_created_with_the_events_table_and_named_after_it(
         self, recorder: MessagingRecorder, postgres_params: PostgresParams
     ) -> None:
-        with psycopg.connect(
-            host=postgres_params.host,
-            port=postgres_params.port,
-            user=postgres_params.user,
-            dbname=postgres_params.dbname,
-        ) as conn:
+        with connect(postgres_params) as conn:
             tables = {
                 row[0]
                 for row in conn.execute(
@@ -239,14 +228,7 @@ class TestTheMessageIndexIsWrittenInTheEventsTransaction:
 
     def test_a_datastore_with_database_functions_is_refused(self, postgres_params: PostgresParams) -> None:
         # That path skips `_insert_events` (the index) and the table lock (subscribers skip events).
-        with PostgresDatastore(
-            postgres_params.dbname,
-            postgres_params.host,
-            postgres_params.port,
-            postgres_params.user,
-            postgres_params.password,
-            enable_db_functions=True,
-        ) as datastore:
+        with open_datastore(postgres_params, enable_db_functions=True) as datastore:
             with pytest.raises(ValueError, match="POSTGRES_ENABLE_DB_FUNCTIONS"):
                 MessagingRecorder(datastore, events_table_name=EVENTS_TABLE)
 
@@ -276,13 +258,7 @@ class TestTheAppendStatement:
     def test_a_database_made_with_the_array_version_of_the_function_ends_with_only_the_json_one(
         self, recorder: MessagingRecorder, postgres_params: PostgresParams
     ) -> None:
-        with psycopg.connect(
-            host=postgres_params.host,
-            port=postgres_params.port,
-            user=postgres_params.user,
-            dbname=postgres_params.dbname,
-            autocommit=True,
-        ) as conn:
+        with connect(postgres_params, autocommit=True) as conn:
             conn.execute(
                 SQL(
                     "CREATE FUNCTION public.{}(uuid[], bigint[], text[], bytea[], uuid[], uuid[], text[],"
@@ -302,14 +278,7 @@ class TestTheAppendStatement:
 class TestTheConnectionPool:
     def test_one_thread_gets_the_connection_it_returned_last(self, postgres_params: PostgresParams) -> None:
         # A single writer thread then keeps one Postgres backend warm instead of waking each in turn.
-        with PostgresDatastore(
-            postgres_params.dbname,
-            postgres_params.host,
-            postgres_params.port,
-            postgres_params.user,
-            postgres_params.password,
-            pool_size=3,
-        ) as datastore:
+        with open_datastore(postgres_params, pool_size=3) as datastore:
             recorder = MessagingRecorder(datastore, events_table_name=EVENTS_TABLE)
             with datastore.get_connection() as first, datastore.get_connection() as second:
                 assert first.info.backend_pid != second.info.backend_pid  # the pool holds several
