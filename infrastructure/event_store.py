@@ -26,6 +26,7 @@ from eventsourcing.utils import retry
 import orjson
 import psycopg
 from psycopg.rows import tuple_row
+from psycopg.types.json import Jsonb
 from psycopg.sql import SQL, Identifier
 
 from application.ports import IndexedMessage, MessageIdTakenError, MessageIndexChanges
@@ -61,8 +62,9 @@ class _WarmestFirst(collections.deque):  # type: ignore[type-arg]
 
     The pool hands out with `popleft()` and takes back with `append()`: a queue, so one writer
     thread's batches went round all its connections, each a Postgres backend process woken in
-    turn with cold caches. Taking back at the front hands out the connection just returned;
-    the others idle at the back and are the ones the pool shrinks away."""
+    turn with cold caches. Taking back at the front hands out the connection just returned.
+    (The pool also closes surplus connections with `popleft()`, so above its minimum size it
+    closes a recently used one; the next burst opens it again.)"""
 
     def append(self, connection: Any) -> None:
         self.appendleft(connection)
@@ -70,7 +72,7 @@ class _WarmestFirst(collections.deque):  # type: ignore[type-arg]
 
 def _hand_out_warmest_first(datastore: PostgresDatastore) -> None:
     pool = datastore.pool
-    if isinstance(getattr(pool, "_pool", None), collections.deque):  # psycopg_pool 3.x's idle list
+    if type(getattr(pool, "_pool", None)) is collections.deque:  # psycopg_pool 3.x's idle list, not yet wrapped
         pool._pool = _WarmestFirst(pool._pool)
 
 
@@ -160,7 +162,7 @@ class MessagingRecorder(PostgresApplicationRecorder):
             )
         )
         # Rendered once: psycopg would compose the statement again on every execute.
-        self._append_sql = SQL("SELECT * FROM {}(%s::jsonb)").format(append_function).as_bytes(None)
+        self._append_sql = SQL("SELECT * FROM {}(%s)").format(append_function).as_bytes(None)
         self._lookup_sql = SQL(
             "SELECT message_id, conversation_id, sender_id, seq, originator_version, client_message_id,"
             " deleted FROM {table} WHERE message_id = ANY(%s)"
@@ -188,7 +190,7 @@ class MessagingRecorder(PostgresApplicationRecorder):
             return None
         added = message_index.added if message_index is not None else []
         deleted = list(message_index.deleted) if message_index is not None else []
-        batch = orjson.dumps(
+        batch = Jsonb(
             {
                 "events": [
                     (e.originator_id, e.originator_version, e.topic, b64encode(e.state).decode())
@@ -199,8 +201,9 @@ class MessagingRecorder(PostgresApplicationRecorder):
                     for m in added
                 ],
                 "deleted": deleted,
-            }
-        ).decode()
+            },
+            dumps=orjson.dumps,
+        )
         try:
             with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
                 assert conn.autocommit
