@@ -30,25 +30,20 @@ from application.group_commit import GroupCommitWriter, _Pending  # noqa: E402
 from application.messaging import MessagingApplication  # noqa: E402
 from infrastructure.embedded import EmbeddedPostgres  # noqa: E402
 from infrastructure.postgres_url import parse_database_url  # noqa: E402
+from scripts.bench.metering import cpu_delta, cpu_seconds  # noqa: E402
+from scripts.bench.servers import postgres_pid  # noqa: E402
 
 CONVERSATIONS = 200
 CONTENT = "Is the bike still for sale? I could pick it up on Saturday."
 
 
-def server_cpu_s(data_dir: Path) -> float:
-    """User + system CPU of every process of the Postgres server whose data is in `data_dir`."""
-    total = 0.0
-    for process in psutil.process_iter(["name", "cmdline"]):
-        try:
-            if process.info["name"] != "postgres":
-                continue
-            postmaster = process if "-D" in (process.info["cmdline"] or []) else process.parent()
-            if postmaster is not None and str(data_dir) in " ".join(postmaster.cmdline()):
-                times = process.cpu_times()
-                total += times.user + times.system
-        except psutil.Error:
-            continue
-    return total
+def postgres_processes(root: Path) -> list[psutil.Process]:
+    """The embedded Postgres in `root`: its postmaster and every child (backends, WAL writer)."""
+    pid = postgres_pid(root)
+    if pid is None:
+        raise RuntimeError(f"no running Postgres in {root}")
+    postmaster = psutil.Process(pid)
+    return [postmaster, *postmaster.children(recursive=True)]
 
 
 def measure(per_batch: int, batches: int) -> None:
@@ -65,7 +60,7 @@ def measure(per_batch: int, batches: int) -> None:
                 writer._process([pending])
                 conversations.append(pending.future.result().value.id)  # type: ignore[union-attr]
             cpu, wall = [], []
-            server_before = server_cpu_s(postgres.pgdata)
+            server_before = cpu_seconds(postgres_processes(root))
             for n in range(batches):
                 batch: list[_Pending] = []
                 for k in range(per_batch):
@@ -78,7 +73,7 @@ def measure(per_batch: int, batches: int) -> None:
                 wall.append(time.perf_counter() - wall_start)
                 for pending in batch:
                     pending.future.result()  # raises if the batch failed
-            server_per_batch = (server_cpu_s(postgres.pgdata) - server_before) / batches
+            server_per_batch = cpu_delta(server_before, cpu_seconds(postgres_processes(root))) / batches
         finally:
             app.close()
     finally:

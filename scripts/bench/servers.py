@@ -124,7 +124,7 @@ class LocalServers:
     def infra_daemons(self) -> list[psutil.Process]:
         """The postmaster and redis-server of the data dir (not the Postgres backends)."""
         daemons = []
-        for pid in (_postgres_pid(self.data_dir), _redis_pid(self.data_dir)):
+        for pid in (postgres_pid(self.data_dir), _redis_pid(self.data_dir)):
             with contextlib.suppress(psutil.Error, TypeError):
                 daemons.append(psutil.Process(pid))
         return daemons
@@ -218,8 +218,9 @@ def _stop_node(node: Node) -> None:
         process.wait(KILL_WAIT_S)
 
 
-def _postgres_pid(data_dir: Path) -> int | None:
-    path = data_dir / "postgres" / "postmaster.pid"  # Postgres's own file: the first line is the pid
+def postgres_pid(data_dir: Path) -> int | None:
+    """The postmaster of the embedded Postgres in `data_dir`, from its own pid file."""
+    path = data_dir / "postgres" / "postmaster.pid"  # the first line is the pid
     try:
         return int(path.read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
