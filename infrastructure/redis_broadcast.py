@@ -146,11 +146,12 @@ class _PubSubLink(asyncio.Protocol):
 class ResilientRedisBackend(BroadcastBackend):
     def __init__(self, url: str, *, queue_capacity: int = QUEUE_CAPACITY) -> None:
         # Deliberately not calling BroadcastBackend.__init__: it only raises NotImplementedError.
-        if urlparse(url).scheme not in SUPPORTED_SCHEMES:
+        scheme = urlparse(url).scheme
+        if scheme not in SUPPORTED_SCHEMES:
             raise ValueError(f"unsupported Redis URL scheme in {url!r}; use one of {SUPPORTED_SCHEMES}")
         self._url = url
         self._params = parse_url(url)
-        self._ssl = ssl.create_default_context() if urlparse(url).scheme == "rediss" else None
+        self._ssl = ssl.create_default_context() if scheme == "rediss" else None
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=queue_capacity)
         self._channels: set[str] = set()
         self._confirm_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -364,7 +365,7 @@ class ResilientRedisBackend(BroadcastBackend):
         if self._unconfirmed:
             session.send("SUBSCRIBE", *self._unconfirmed)
         else:
-            self._on_session_ready(resumed)
+            self._on_session_ready()
         loop = asyncio.get_running_loop()
         last_ping = loop.time()
         while True:
@@ -393,12 +394,12 @@ class ResilientRedisBackend(BroadcastBackend):
             if self._unconfirmed:
                 self._unconfirmed.discard(channel)
                 if not self._unconfirmed:
-                    self._on_session_ready(self._resumed)
+                    self._on_session_ready()
 
-    def _on_session_ready(self, resumed: bool) -> None:
+    def _on_session_ready(self) -> None:
         self._connected = True
         self._session_was_ready = True
-        if resumed:
+        if self._resumed:
             self._reconnects += 1
             self._gap.set()  # messages published while we were away are lost: catch up
 

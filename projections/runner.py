@@ -340,4 +340,3 @@ class ProjectionRunner:
                 changes.position = position
                 self.counters.refresh(cursor, changes)
         self.status.redis_position = position
-
