@@ -111,7 +111,10 @@ def resolve_servers(settings: Settings, *, need_redis: bool = True) -> tuple[str
     return database_url, redis_url, embedded
 
 
-def build(settings: Settings, *, with_writer: bool = True, need_redis: bool = True) -> Container:
+def build(
+    settings: Settings, *, with_writer: bool = True, need_redis: bool = True, writer_thread: bool = True
+) -> Container:
+    """`writer_thread=False`: the caller starts the writer on its event loop (`start_on_loop`)."""
     database_url, redis_url, embedded = resolve_servers(settings, need_redis=need_redis)
     try:
         with schema_creation_lock(database_url):
@@ -130,7 +133,8 @@ def build(settings: Settings, *, with_writer: bool = True, need_redis: bool = Tr
     )
     if with_writer:
         container.writer = GroupCommitWriter(app)
-        container.writer.start()
+        if writer_thread:
+            container.writer.start()
         container.service = MessagingService(container.writer)
     return container
 
@@ -144,8 +148,14 @@ def create_app(settings: Settings, role: str = "all") -> Any:
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            container = build(settings, with_writer=role in API_ROLES)
+            container = build(settings, with_writer=role in API_ROLES, writer_thread=False)
             stack.callback(container.close)
+            if container.writer is not None:
+                # On the serving loop: a writer thread would share the GIL with it (see
+                # `GroupCommitWriter.start_on_loop`).
+                stack.push_async_callback(container.app.recorder.aclose_loop_connection)
+                await container.writer.start_on_loop()
+                stack.push_async_callback(container.writer.stop_on_loop)
             assert container.redis_url is not None
             # A restarted Redis closes every pooled connection: retry once or twice on a fresh one
             # instead of failing the first request that touches Redis afterwards.

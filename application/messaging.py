@@ -13,7 +13,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Recording
+from eventsourcing.persistence import Notification, Recording
 
 from application.ports import ConversationLog, IndexedMessage, MessageIndex
 from application.results import ConversationRecord, MessageRecord
@@ -86,11 +86,35 @@ class MessagingApplication(Application[UUID]):
         application leaves empty; the writer takes its own snapshots."""
         return self.events.put(list(events), **kwargs)
 
+    async def append_async(self, events: Sequence[DomainEventProtocol[UUID]], **kwargs: Any) -> list[Recording[UUID]]:
+        """`append` for a writer on an event loop: the same events in the same one
+        transaction, awaited (the event store's `insert_events_async`)."""
+        stored_events = [self.mapper.to_stored_event(event) for event in events]
+        positions = await self.recorder.insert_events_async(stored_events, **kwargs)  # type: ignore[attr-defined]
+        return [
+            Recording(
+                event,
+                Notification(
+                    originator_id=stored.originator_id,
+                    originator_version=stored.originator_version,
+                    topic=stored.topic,
+                    state=stored.state,
+                    id=position,
+                ),
+            )
+            for event, stored, position in zip(events, stored_events, positions, strict=True)
+        ]
+
     def take_snapshot_of(self, conversation: Conversation) -> None:
         """Snapshot in-memory state (it is exactly the state at `conversation.version`)."""
-        snapshot = Conversation.Snapshot.take(conversation)
+        self.put_snapshots([self.snapshot_of(conversation)])
+
+    def snapshot_of(self, conversation: Conversation) -> Conversation.Snapshot:
+        return Conversation.Snapshot.take(conversation)
+
+    def put_snapshots(self, snapshots: Sequence[Conversation.Snapshot]) -> None:
         assert self.snapshots is not None
-        self.snapshots.put([snapshot])
+        self.snapshots.put(list(snapshots))
 
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0

@@ -1,8 +1,7 @@
 """The write side's public face: one method per command, for async callers.
 
-Commands travel to the group-commit writer thread; the event loop only awaits a future, so it
-never blocks on Postgres (`eventsourcing` is synchronous).
-"""
+Commands travel to the group-commit writer (a task of the serving loop, or a thread of its own);
+the caller only awaits a future, so it never blocks on Postgres."""
 
 from __future__ import annotations
 

@@ -70,6 +70,10 @@ class PollutedAggregateError(Exception):
     """A handler raised after triggering events: the aggregate's state can't be trusted."""
 
 
+class NeedsStoreError(Exception):
+    """An offline unit of work was asked for something only the store can answer."""
+
+
 class UnitOfWork:
     def __init__(
         self,
@@ -77,8 +81,13 @@ class UnitOfWork:
         cache: AggregateCache,
         known_messages: dict[UUID, IndexedMessage] | None = None,
         looked_up: set[UUID] | None = None,
+        *,
+        offline: bool = False,
     ) -> None:
+        """`offline`: decide only on what is in memory (the writer on the event loop must not
+        block on the store); every read the store would answer raises `NeedsStoreError`."""
         self.app = app
+        self.offline = offline
         self.cache = cache
         self.touched: dict[UUID, Conversation] = {}
         self.versions_before: dict[UUID, int] = {}
@@ -95,17 +104,20 @@ class UnitOfWork:
     def conversation(self, conversation_id: UUID) -> Conversation:
         conversation = self.touched.get(conversation_id) or self.cache.get(conversation_id)
         if conversation is None:
+            self._needs_store()
             conversation = self.app.get_conversation(conversation_id)
         return self._touch(conversation)
 
     def find_conversation(self, conversation_id: UUID) -> Conversation | None:
         conversation = self.touched.get(conversation_id) or self.cache.get(conversation_id)
         if conversation is None:
+            self._needs_store()
             conversation = self.app.find_conversation(conversation_id)
         return self._touch(conversation) if conversation is not None else None
 
     def message(self, message_id: UUID) -> IndexedMessage | None:
         if message_id not in self._looked_up:
+            self._needs_store()
             self._messages.update(self.app.lookup_messages([message_id]))
             self._looked_up.add(message_id)
         return self._messages.get(message_id)
@@ -115,6 +127,7 @@ class UnitOfWork:
         if indexed.message_id in self._sent_in_batch:
             record, sent_event = self._sent_in_batch[indexed.message_id]
             return record, [sent_event]
+        self._needs_store()
         return self.app.read_sent_message(indexed), []
 
     # ---- writing ---------------------------------------------------------------------------
@@ -151,6 +164,10 @@ class UnitOfWork:
         for conversation_id in self._current:
             if self.touched[conversation_id].collect_events():
                 raise PollutedAggregateError(f"conversation {conversation_id} changed by a refused command")
+
+    def _needs_store(self) -> None:
+        if self.offline:
+            raise NeedsStoreError("deciding this command needs the store")
 
     def _touch(self, conversation: Conversation) -> Conversation:
         if conversation.id not in self.touched:

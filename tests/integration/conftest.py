@@ -7,6 +7,8 @@ a node closed and opened again is a crash and restart.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -73,10 +75,29 @@ def postgres_env(postgres_params: PostgresParams) -> dict[str, str]:
     return postgres_params.eventsourcing_env()
 
 
+class LoopThread:
+    """An event loop on a thread of its own, as `loopify serve` runs one: a writer started on it
+    (`start_on_loop`) is driven exactly as in the server, while the test's thread submits."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-event-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(COMMAND_TIMEOUT_S)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(COMMAND_TIMEOUT_S)
+        self.loop.close()
+
+
 @dataclass
 class Node:
     app: MessagingApplication
     writer: GroupCommitWriter
+    loop: LoopThread | None = None  # the writer runs on this loop (loop mode), else on its thread
     closed: bool = field(default=False)
 
     def execute(self, command: Command) -> CommandResult[Any]:
@@ -86,19 +107,34 @@ class Node:
         if not self.closed:
             self.closed = True
             self.writer.stop()
+            if self.loop is not None:
+                self.loop.run(self.app.recorder.aclose_loop_connection())  # type: ignore[attr-defined]
+                self.loop.close()
             self.app.close()
 
 
 @pytest.fixture
-def open_node(postgres_env: dict[str, str]) -> Iterator[Callable[[], Node]]:
+def writer_mode() -> str:
+    """How nodes run their writer: "thread" (its own thread) or "loop" (a task of an event loop,
+    as `loopify serve` runs it). Test modules override this fixture to run in both."""
+    return "thread"
+
+
+@pytest.fixture
+def open_node(postgres_env: dict[str, str], writer_mode: str) -> Iterator[Callable[[], Node]]:
     """Open a node on the test's database; every node opened is closed at teardown."""
     nodes: list[Node] = []
 
     def open_() -> Node:
         app = MessagingApplication(env=postgres_env)
         writer = GroupCommitWriter(app)
-        writer.start()
-        nodes.append(Node(app, writer))
+        loop = None
+        if writer_mode == "loop":
+            loop = LoopThread()
+            loop.run(writer.start_on_loop())
+        else:
+            writer.start()
+        nodes.append(Node(app, writer, loop))
         return nodes[-1]
 
     yield open_

@@ -55,6 +55,12 @@ RESULT_TIMEOUT_S = 30  # far above any batch here; only a hung writer reaches it
 HoldBatch = Callable[["Node"], AbstractContextManager[None]]
 
 
+@pytest.fixture(params=["thread", "loop"])
+def writer_mode(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against a writer on its own thread and one on an event loop."""
+    return str(request.param)
+
+
 # ---- helpers ------------------------------------------------------------------------------
 
 
@@ -455,6 +461,60 @@ class TestSubmittingFromAnEventLoop:
 
         with pytest.raises(WriterStoppedError):
             asyncio.run(submit())
+
+
+class TestAWriterOnTheServingLoop:
+    """Loop mode only: what the writer does on the loop itself and what it hands to a thread."""
+
+    @pytest.fixture
+    def writer_mode(self) -> str:
+        return "loop"
+
+    def test_sends_to_a_cached_conversation_are_decided_and_appended_on_the_loop(
+        self, node: Node, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        conversation_id = node.execute(StartConversation(ALICE, "DIRECT", (BOB,))).value.id
+        on_a_thread: list[int] = []
+        process = node.writer._process
+
+        def counting_process(batch: list[Any]) -> None:
+            on_a_thread.append(len(batch))
+            process(batch)
+
+        monkeypatch.setattr(node.writer, "_process", counting_process)
+
+        seqs = [node.execute(SendMessage(ALICE, conversation_id, f"m{i}")).value.seq for i in range(5)]
+
+        assert seqs == [1, 2, 3, 4, 5]
+        assert on_a_thread == []
+        assert [e.content for e in logged_messages(node.app, conversation_id)] == [f"m{i}" for i in range(5)]
+
+    def test_a_conversation_the_loop_has_not_cached_is_loaded_on_a_thread_then_decided(
+        self, open_node: Callable[[], Node]
+    ) -> None:
+        first = open_node()
+        conversation_id = first.execute(StartConversation(ALICE, "DIRECT", (BOB,))).value.id
+        first.execute(SendMessage(ALICE, conversation_id, "before the restart"))
+        first.close()
+
+        restarted = open_node()  # an empty cache: the loop cannot decide without the store
+        sent = restarted.execute(SendMessage(BOB, conversation_id, "after the restart")).value
+
+        assert sent.seq == 2
+        assert [e.content for e in logged_messages(restarted.app, conversation_id)] == [
+            "before the restart",
+            "after the restart",
+        ]
+
+    def test_stopping_from_the_writers_own_loop_must_be_awaited(self, node: Node) -> None:
+        assert node.loop is not None
+
+        async def stop_blocking() -> None:
+            node.writer.stop()
+
+        with pytest.raises(RuntimeError, match="stop_on_loop"):
+            node.loop.run(stop_blocking())
+        assert node.writer.is_running
 
 
 class TestConcurrentSendersOnOneNode:
