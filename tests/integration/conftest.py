@@ -24,6 +24,7 @@ from application.commands import Command, StartConversation
 from application.group_commit import GroupCommitWriter
 from application.messaging import MessagingApplication
 from application.results import CommandResult
+from infrastructure.event_store import APPEND_LOCK_NAMESPACE
 from infrastructure.postgres_url import PostgresParams, parse_database_url, with_database
 
 EVENTS_TABLE = "messaging_events"  # MessagingApplication.name "Messaging" + the library's suffix
@@ -162,13 +163,13 @@ def open_app(postgres_env: dict[str, str]) -> Iterator[Callable[..., MessagingAp
 
 
 def lock_waiters(params: PostgresParams) -> int:
-    """How many transactions of this database wait for a lock on the events table."""
+    """How many transactions of this database wait for the appends' lock."""
     with connect(params, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_locks"
-            " WHERE NOT granted AND relation = %s::regclass"
+            " WHERE NOT granted AND locktype = 'advisory' AND classid = %s AND objid = %s::regclass::oid"
             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            (EVENTS_TABLE,),
+            (APPEND_LOCK_NAMESPACE, EVENTS_TABLE),
         ).fetchone()
     return int(row[0]) if row else 0
 
@@ -177,8 +178,8 @@ def lock_waiters(params: PostgresParams) -> int:
 def hold_batch(postgres_params: PostgresParams) -> Callable[[Node], AbstractContextManager[None]]:
     """`with hold_batch(node): ...submit...` makes the commands submitted inside one batch.
 
-    How: another connection holds the events table's lock, and the writer is given a "plug"
-    command whose save waits for that lock. While it waits, everything submitted queues up;
+    How: another connection holds the appends' lock (as another append would), and the writer is
+    given a "plug" command whose save waits for that lock. While it waits, everything submitted queues up;
     when the block ends the lock is released, the plug commits, and the writer takes the whole
     queue as its next batch. Tests check `writer.stats.largest_batch` to prove it happened.
     """
@@ -186,9 +187,11 @@ def hold_batch(postgres_params: PostgresParams) -> Callable[[Node], AbstractCont
     @contextmanager
     def hold(node: Node) -> Iterator[None]:
         with connect(postgres_params) as blocker:  # not autocommit: the lock lasts until commit
-            blocker.execute(SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(Identifier(EVENTS_TABLE)))
+            blocker.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s::regclass::oid::int4)", (APPEND_LOCK_NAMESPACE, EVENTS_TABLE)
+            )
             plug = node.writer.submit(StartConversation("plug", "GROUP", ("plug-peer",)))
-            wait_until(lambda: lock_waiters(postgres_params) > 0, "the writer to wait on the events table lock")
+            wait_until(lambda: lock_waiters(postgres_params) > 0, "the writer to wait on the appends' lock")
             yield
             blocker.commit()
         plug.result(timeout=COMMAND_TIMEOUT_S)

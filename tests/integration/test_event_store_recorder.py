@@ -8,7 +8,9 @@ datastore with a one-connection pool per test, and every table dropped before an
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -20,13 +22,14 @@ from eventsourcing.tests import persistence as library_cases  # a module: pytest
 from psycopg.sql import SQL, Identifier
 
 from application.ports import IndexedMessage, MessageIdTakenError, MessageIndexChanges
-from infrastructure.event_store import MessagingRecorder
+from infrastructure.event_store import APPEND_LOCK_NAMESPACE, MessagingRecorder
 from infrastructure.postgres_url import PostgresParams, parse_database_url
 
 EVENTS_TABLE = "messaging_events"
 INDEX_TABLE = "messaging_message_index"
 SENT_TOPIC = "loopify:Conversation.MessageSent"
 SUBSCRIBE_POOL_SIZE = 2  # a subscription holds one connection for LISTEN while the test inserts
+WAIT_TIMEOUT_S = 10  # bounded waits for an append to reach or leave a lock wait
 
 
 def connect(params: PostgresParams, *, autocommit: bool = False) -> psycopg.Connection[Any]:
@@ -273,6 +276,72 @@ class TestTheAppendStatement:
                 (recorder.append_function_name,),
             ).fetchall()
         assert signatures == [("batch jsonb",)]
+
+
+def waiting_appends(params: PostgresParams) -> list[str]:
+    """The lock types this database's sessions wait for (an append blocked shows up here)."""
+    with connect(params, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT locktype FROM pg_locks WHERE NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+class TestAppendsTakeTurns:
+    """Commit order must equal notification order, so appends take turns on an advisory lock of
+    the events table, not on the library's table lock, which VACUUM and ANALYZE also wait for."""
+
+    def test_an_append_does_not_wait_for_a_vacuum_or_analyze_of_the_events_table(
+        self, recorder: MessagingRecorder, postgres_params: PostgresParams
+    ) -> None:
+        # On leaving, the connection closes (releasing its lock) before the pool joins the append.
+        with ThreadPoolExecutor(1) as pool, connect(postgres_params) as vacuum_like:
+            # The lock VACUUM and ANALYZE hold while they run.
+            vacuum_like.execute(SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(Identifier(EVENTS_TABLE)))
+            append = pool.submit(recorder.insert_events, [stored_event(uuid4(), 1)])
+            positions = append.result(WAIT_TIMEOUT_S)  # the table lock would wait here until commit
+
+        assert positions is not None and len(positions) == 1
+
+    def test_an_append_waits_for_another_appends_transaction_then_follows_it(
+        self, recorder: MessagingRecorder, postgres_params: PostgresParams
+    ) -> None:
+        first = recorder.insert_events([stored_event(uuid4(), 1)])
+        with ThreadPoolExecutor(1) as pool, connect(postgres_params) as other_append:
+            other_append.execute(  # holds the appends' lock until it commits
+                "SELECT pg_advisory_xact_lock(%s, %s::regclass::oid::int4)",
+                (APPEND_LOCK_NAMESPACE, recorder.qualified_events_table),
+            )
+            append = pool.submit(recorder.insert_events, [stored_event(uuid4(), 1)])
+            wait_for(lambda: "advisory" in waiting_appends(postgres_params), "the append to wait its turn")
+            assert not append.done()
+            other_append.commit()
+            second = append.result(WAIT_TIMEOUT_S)
+
+        assert first is not None and second is not None and second[0] > first[0]
+
+    def test_an_append_still_waits_for_a_transaction_holding_the_librarys_table_lock(
+        self, recorder: MessagingRecorder, postgres_params: PostgresParams
+    ) -> None:
+        # An append of an older function body (rolling upgrade) holds LOCK TABLE ... EXCLUSIVE;
+        # this body's INSERT takes ROW EXCLUSIVE, which conflicts with it, so they still take turns.
+        with ThreadPoolExecutor(1) as pool, connect(postgres_params) as old_append:
+            old_append.execute(SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(Identifier(EVENTS_TABLE)))
+            append = pool.submit(recorder.insert_events, [stored_event(uuid4(), 1)])
+            wait_for(lambda: "relation" in waiting_appends(postgres_params), "the append to wait for the table")
+            assert not append.done()
+            old_append.commit()
+            positions = append.result(WAIT_TIMEOUT_S)
+
+        assert positions is not None and len(positions) == 1
 
 
 class TestTheConnectionPool:
