@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 # Bounds one transaction's size and the latency of its last command. Each command makes at most
 # one event; psycopg 3.3's pipeline stalled here on single saves of ~1,500+ events, so stay well below.
 MAX_BATCH_COMMANDS = 500
+# On the event loop a batch is decided in one go (~0.15 ms a command), and the loop serves no
+# socket meanwhile: a smaller bound keeps that under ~20 ms. Only a backlog reaches it.
+MAX_LOOP_BATCH_COMMANDS = 100
 # A hot conversation written by several nodes: the other node may commit every few ms, so a
 # reloaded aggregate can be stale again by the time it is saved. Exponential, jittered backoff
 # lets the loser slip between the winner's commits; 30 tries span several seconds.
@@ -269,7 +272,7 @@ class GroupCommitWriter:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.max_batch))]
+            batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.max_batch, MAX_LOOP_BATCH_COMMANDS))]
             try:
                 await self._process_on_loop(batch)
             finally:
@@ -280,8 +283,9 @@ class GroupCommitWriter:
         any failure of the append, goes to the thread-mode path on a worker thread, which knows
         how to look up, reload, retry and fail."""
         if time.monotonic() < self._check_freshness_until:
-            await asyncio.to_thread(self._process, batch)
-            return
+            # Another node writes our conversations: ask the store which cached ones it changed
+            # (a query, so on a thread); those are evicted and the batch then needs the store.
+            await asyncio.to_thread(self._evict_stale, batch)
         try:
             uow, decided, refused = self._decide(batch, sends_assumed_new=True, offline=True)
         except Exception:  # NeedsStoreError, and whatever the thread path knows how to report

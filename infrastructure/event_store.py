@@ -263,6 +263,8 @@ class MessagingRecorder(PostgresApplicationRecorder):
         if connection is None or connection.closed:
             pool = self.datastore.pool
             kwargs = {key: value for key, value in pool.kwargs.items() if key != "row_factory"}
+            # libpq waits forever by default; the pool's own wait bounds this one too.
+            kwargs["connect_timeout"] = max(1, round(pool.timeout))
             connection = await psycopg.AsyncConnection.connect(pool.conninfo, autocommit=True, **kwargs)
             self._async_connection = connection
         return connection

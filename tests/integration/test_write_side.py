@@ -30,6 +30,7 @@ from application.commands import (
     StartConversation,
 )
 from application.errors import ConcurrencyConflictError, WriterStoppedError
+from application.group_commit import MAX_LOOP_BATCH_COMMANDS
 from application.messaging import SNAPSHOT_INTERVAL, MessagingApplication
 from application.results import CommandResult
 from domain.conversation import Conversation
@@ -505,6 +506,17 @@ class TestAWriterOnTheServingLoop:
             "before the restart",
             "after the restart",
         ]
+
+    def test_a_backlog_is_decided_on_the_loop_at_most_100_commands_at_a_time(
+        self, node: Node, hold_batch: HoldBatch
+    ) -> None:
+        conversation_id = node.execute(StartConversation(ALICE, "DIRECT", (BOB,))).value.id
+
+        with hold_batch(node):
+            futures = [node.writer.submit(SendMessage(ALICE, conversation_id, f"m{i}")) for i in range(150)]
+
+        assert [f.result(RESULT_TIMEOUT_S).value.seq for f in futures] == list(range(1, 151))
+        assert node.writer.stats.largest_batch == MAX_LOOP_BATCH_COMMANDS == 100
 
     def test_stopping_from_the_writers_own_loop_must_be_awaited(self, node: Node) -> None:
         assert node.loop is not None
