@@ -144,9 +144,11 @@ class GroupCommitWriter:
         writer's clock, and the loop in turn waited for the writer. On the loop, a batch is
         decided between two of the loop's callbacks and its append is awaited, not waited for.
 
-        A batch that needs the store to decide (a conversation not cached, a message to look
-        up, a conflict to sort out) is decided on a worker thread by the same code as in
-        thread mode; one batch is in flight at a time either way, so order is kept."""
+        Conversations not cached (and, for a while after a conflict, those another node
+        changed) are loaded on a worker thread first. A batch that needs more of the store to
+        decide (a message to look up, a resend, a conflict to sort out) is decided on a worker
+        thread by the same code as in thread mode; one batch is in flight at a time either way,
+        so order is kept."""
         if self._running:
             return
         self._loop = asyncio.get_running_loop()
@@ -272,7 +274,8 @@ class GroupCommitWriter:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.max_batch, MAX_LOOP_BATCH_COMMANDS))]
+            size = min(len(self._inbox), self.max_batch, MAX_LOOP_BATCH_COMMANDS)
+            batch = [self._inbox.popleft() for _ in range(size)]
             try:
                 await self._process_on_loop(batch)
             finally:
@@ -282,10 +285,8 @@ class GroupCommitWriter:
         """Decide on the loop and await the append; anything that needs the store to decide, or
         any failure of the append, goes to the thread-mode path on a worker thread, which knows
         how to look up, reload, retry and fail."""
-        if time.monotonic() < self._check_freshness_until:
-            # Another node writes our conversations: ask the store which cached ones it changed
-            # (a query, so on a thread); those are evicted and the batch then needs the store.
-            await asyncio.to_thread(self._evict_stale, batch)
+        if time.monotonic() < self._check_freshness_until or self._has_uncached(batch):
+            await asyncio.to_thread(self._load_for, batch)
         try:
             uow, decided, refused = self._decide(batch, sends_assumed_new=True, offline=True)
         except Exception:  # NeedsStoreError, and whatever the thread path knows how to report
@@ -307,7 +308,26 @@ class GroupCommitWriter:
             return
         snapshots = self._finish(batch, uow, decided, refused, positions, snapshot=False)
         if snapshots:
+            self._hand_over_settlements()  # the callers need not wait for a cache's write
             await asyncio.to_thread(self._put_snapshots, snapshots)
+
+    def _has_uncached(self, batch: list[_Pending]) -> bool:
+        return any(
+            (conversation_id := _conversation_of(p.command)) is not None and self.cache.get(conversation_id) is None
+            for p in batch
+        )
+
+    def _load_for(self, batch: list[_Pending]) -> None:
+        """On a worker thread, before the loop decides: bring the batch's conversations into the
+        cache from the store, reloading those another node changed (for a while after a
+        conflict), so that one trip off the loop serves the whole batch."""
+        if time.monotonic() < self._check_freshness_until:
+            self._evict_stale(batch)
+        for conversation_id in {_conversation_of(p.command) for p in batch} - {None}:
+            if self.cache.get(conversation_id) is None:
+                conversation = self.app.find_conversation(conversation_id)
+                if conversation is not None:  # else deciding fails the command, on the thread path
+                    self.cache.put(conversation)
 
     async def _save_async(self, uow: UnitOfWork) -> dict[int, int]:
         if not uow.events:

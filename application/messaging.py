@@ -105,11 +105,8 @@ class MessagingApplication(Application[UUID]):
             for event, stored, position in zip(events, stored_events, positions, strict=True)
         ]
 
-    def take_snapshot_of(self, conversation: Conversation) -> None:
-        """Snapshot in-memory state (it is exactly the state at `conversation.version`)."""
-        self.put_snapshots([self.snapshot_of(conversation)])
-
     def snapshot_of(self, conversation: Conversation) -> Conversation.Snapshot:
+        """In-memory state as a snapshot (it is exactly the state at `conversation.version`)."""
         return Conversation.Snapshot.take(conversation)
 
     def put_snapshots(self, snapshots: Sequence[Conversation.Snapshot]) -> None:

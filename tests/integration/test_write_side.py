@@ -490,8 +490,8 @@ class TestAWriterOnTheServingLoop:
         assert on_a_thread == []
         assert [e.content for e in logged_messages(node.app, conversation_id)] == [f"m{i}" for i in range(5)]
 
-    def test_a_conversation_the_loop_has_not_cached_is_loaded_on_a_thread_then_decided(
-        self, open_node: Callable[[], Node]
+    def test_a_conversation_the_loop_has_not_cached_is_loaded_on_a_thread_then_decided_on_the_loop(
+        self, open_node: Callable[[], Node], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         first = open_node()
         conversation_id = first.execute(StartConversation(ALICE, "DIRECT", (BOB,))).value.id
@@ -499,9 +499,18 @@ class TestAWriterOnTheServingLoop:
         first.close()
 
         restarted = open_node()  # an empty cache: the loop cannot decide without the store
+        decided_on_a_thread: list[int] = []
+        process = restarted.writer._process
+
+        def counting_process(batch: list[Any], **options: Any) -> None:
+            decided_on_a_thread.append(len(batch))
+            process(batch, **options)
+
+        monkeypatch.setattr(restarted.writer, "_process", counting_process)
         sent = restarted.execute(SendMessage(BOB, conversation_id, "after the restart")).value
 
         assert sent.seq == 2
+        assert decided_on_a_thread == []
         assert [e.content for e in logged_messages(restarted.app, conversation_id)] == [
             "before the restart",
             "after the restart",
