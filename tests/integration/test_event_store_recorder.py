@@ -9,7 +9,7 @@ datastore with a one-connection pool per test, and every table dropped before an
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import UUID, uuid4
@@ -295,6 +295,21 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)
 
 
+def append_behind(
+    recorder: MessagingRecorder, params: PostgresParams, take_lock: Callable[[psycopg.Connection[Any]], Any], waits_on: str
+) -> Sequence[int] | None:
+    """Append while another transaction holds a lock (`take_lock`); check that the append waits
+    for a lock of type `waits_on`, end that transaction, and return the append's positions."""
+    # On leaving, the connection closes (releasing its lock) before the pool joins the append.
+    with ThreadPoolExecutor(1) as pool, connect(params) as holder:
+        take_lock(holder)
+        append = pool.submit(recorder.insert_events, [stored_event(uuid4(), 1)])
+        wait_for(lambda: waits_on in waiting_appends(params), f"the append to wait for a {waits_on} lock")
+        assert not append.done()
+        holder.commit()
+        return append.result(WAIT_TIMEOUT_S)
+
+
 class TestAppendsTakeTurns:
     """Commit order must equal notification order, so appends take turns on an advisory lock of
     the events table, not on the library's table lock, which VACUUM and ANALYZE also wait for."""
@@ -315,16 +330,14 @@ class TestAppendsTakeTurns:
         self, recorder: MessagingRecorder, postgres_params: PostgresParams
     ) -> None:
         first = recorder.insert_events([stored_event(uuid4(), 1)])
-        with ThreadPoolExecutor(1) as pool, connect(postgres_params) as other_append:
-            other_append.execute(  # holds the appends' lock until it commits
+
+        def take_the_appends_lock(other_append: psycopg.Connection[Any]) -> None:
+            other_append.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s::regclass::oid::int4)",
                 (APPEND_LOCK_NAMESPACE, recorder.qualified_events_table),
             )
-            append = pool.submit(recorder.insert_events, [stored_event(uuid4(), 1)])
-            wait_for(lambda: "advisory" in waiting_appends(postgres_params), "the append to wait its turn")
-            assert not append.done()
-            other_append.commit()
-            second = append.result(WAIT_TIMEOUT_S)
+
+        second = append_behind(recorder, postgres_params, take_the_appends_lock, waits_on="advisory")
 
         assert first is not None and second is not None and second[0] > first[0]
 
@@ -333,13 +346,10 @@ class TestAppendsTakeTurns:
     ) -> None:
         # An append of an older function body (rolling upgrade) holds LOCK TABLE ... EXCLUSIVE;
         # this body's INSERT takes ROW EXCLUSIVE, which conflicts with it, so they still take turns.
-        with ThreadPoolExecutor(1) as pool, connect(postgres_params) as old_append:
+        def take_the_librarys_table_lock(old_append: psycopg.Connection[Any]) -> None:
             old_append.execute(SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(Identifier(EVENTS_TABLE)))
-            append = pool.submit(recorder.insert_events, [stored_event(uuid4(), 1)])
-            wait_for(lambda: "relation" in waiting_appends(postgres_params), "the append to wait for the table")
-            assert not append.done()
-            old_append.commit()
-            positions = append.result(WAIT_TIMEOUT_S)
+
+        positions = append_behind(recorder, postgres_params, take_the_librarys_table_lock, waits_on="relation")
 
         assert positions is not None and len(positions) == 1
 
