@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 import queue
 import random
@@ -298,12 +297,9 @@ class GroupCommitWriter:
             # Nothing was written. Resends, conflicts and an unreachable database are the thread
             # path's to sort out, deciding again from the store: forget what this attempt decided.
             self.cache.evict(uow.touched)
-            if isinstance(error, MessageIdTakenError):
-                self.stats.resends += 1
-                await asyncio.to_thread(functools.partial(self._process, batch, sends_assumed_new=False))
-            elif isinstance(error, IntegrityError):
-                await asyncio.to_thread(self._after_conflict, batch, error)
-            else:
+            if isinstance(error, IntegrityError) and not isinstance(error, MessageIdTakenError):
+                await asyncio.to_thread(self._after_conflict, batch, error)  # another node: the freshness check
+            else:  # a resend (rare: its append fails once more there), the database unreachable...
                 await asyncio.to_thread(self._process, batch)
             return
         snapshots = self._finish(batch, uow, decided, refused, positions, snapshot=False)
@@ -332,21 +328,15 @@ class GroupCommitWriter:
     async def _save_async(self, uow: UnitOfWork) -> dict[int, int]:
         if not uow.events:
             return {}
-        kwargs = {"message_index": uow.index_changes} if uow.index_changes else {}
-        recordings = await self.app.append_async(uow.events, **kwargs)
-        self.stats.batches += 1
-        self.stats.events += len(uow.events)
-        return {id(r.domain_event): r.notification.id for r in recordings}
+        return self._saved(uow, await self.app.append_async(uow.events, **_append_options(uow)))
 
     # ---- deciding and saving (both modes) ---------------------------------------------------
 
-    def _process(self, batch: list[_Pending], *, sends_assumed_new: bool = True) -> None:
+    def _process(self, batch: list[_Pending]) -> None:
         try:
             try:
-                self._commit(batch, sends_assumed_new=sends_assumed_new)
+                self._commit(batch, sends_assumed_new=True)
             except MessageIdTakenError:
-                if not sends_assumed_new:
-                    raise
                 # A client resent a message an earlier batch committed (its ack was lost): decide
                 # the batch again, asking the index this time, so the resend gets the original.
                 self.stats.resends += 1
@@ -498,11 +488,14 @@ class GroupCommitWriter:
     def _save(self, uow: UnitOfWork) -> dict[int, int]:
         if not uow.events:
             return {}
-        kwargs = {"message_index": uow.index_changes} if uow.index_changes else {}
-        recordings = self.app.append(uow.events, **kwargs)
+        recordings = self.app.append(uow.events, **_append_options(uow))
+        return self._saved(uow, [r.notification.id for r in recordings])
+
+    def _saved(self, uow: UnitOfWork, positions: list[int]) -> dict[int, int]:
+        """Count the saved batch; each event's log position, by the event's identity."""
         self.stats.batches += 1
         self.stats.events += len(uow.events)
-        return {id(r.domain_event): r.notification.id for r in recordings}
+        return {id(event): position for event, position in zip(uow.events, positions, strict=True)}
 
     def _after_save(self, uow: UnitOfWork, *, put: bool = True) -> list[Any]:
         """Cache the batch's aggregates; snapshot those that crossed a `SNAPSHOT_INTERVAL`.
@@ -524,6 +517,10 @@ class GroupCommitWriter:
             self.app.put_snapshots(snapshots)
         except Exception:  # a snapshot is only a cache: log, never fail the batch
             log.exception("%d snapshots failed", len(snapshots))
+
+
+def _append_options(uow: UnitOfWork) -> dict[str, Any]:
+    return {"message_index": uow.index_changes} if uow.index_changes else {}
 
 
 def _conversation_of(command: Command) -> Any:

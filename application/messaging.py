@@ -13,7 +13,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Notification, Recording
+from eventsourcing.persistence import Recording
 
 from application.ports import ConversationLog, IndexedMessage, MessageIndex
 from application.results import ConversationRecord, MessageRecord
@@ -86,24 +86,13 @@ class MessagingApplication(Application[UUID]):
         application leaves empty; the writer takes its own snapshots."""
         return self.events.put(list(events), **kwargs)
 
-    async def append_async(self, events: Sequence[DomainEventProtocol[UUID]], **kwargs: Any) -> list[Recording[UUID]]:
-        """`append` for a writer on an event loop: the same events in the same one
-        transaction, awaited (the event store's `insert_events_async`)."""
+    async def append_async(self, events: Sequence[DomainEventProtocol[UUID]], **kwargs: Any) -> list[int]:
+        """`append` for a writer on an event loop: the same events in the same one transaction,
+        awaited (the event store's `insert_events_async`). Returns each event's log position,
+        in the events' order: the writer needs nothing else of a recording."""
         stored_events = [self.mapper.to_stored_event(event) for event in events]
-        positions = await self.recorder.insert_events_async(stored_events, **kwargs)  # type: ignore[attr-defined]
-        return [
-            Recording(
-                event,
-                Notification(
-                    originator_id=stored.originator_id,
-                    originator_version=stored.originator_version,
-                    topic=stored.topic,
-                    state=stored.state,
-                    id=position,
-                ),
-            )
-            for event, stored, position in zip(events, stored_events, positions, strict=True)
-        ]
+        positions: list[int] = await self.recorder.insert_events_async(stored_events, **kwargs)  # type: ignore[attr-defined]
+        return positions
 
     def snapshot_of(self, conversation: Conversation) -> Conversation.Snapshot:
         """In-memory state as a snapshot (it is exactly the state at `conversation.version`)."""
