@@ -53,8 +53,9 @@ log = logging.getLogger(__name__)
 # Bounds one transaction's size and the latency of its last command. Each command makes at most
 # one event; psycopg 3.3's pipeline stalled here on single saves of ~1,500+ events, so stay well below.
 MAX_BATCH_COMMANDS = 500
-# On the event loop a batch is decided in one go (~0.15 ms a command), and the loop serves no
-# socket meanwhile: a smaller bound keeps that under ~20 ms. Only a backlog reaches it.
+# On the event loop a batch is decided in one go (the thread writer's CPU was 0.19-0.20 ms a
+# command), and the loop serves no socket meanwhile: a smaller bound keeps that near 20 ms
+# (an estimate). Only a backlog reaches it.
 MAX_LOOP_BATCH_COMMANDS = 100
 # A hot conversation written by several nodes: the other node may commit every few ms, so a
 # reloaded aggregate can be stale again by the time it is saved. Exponential, jittered backoff
@@ -137,11 +138,13 @@ class GroupCommitWriter:
     async def start_on_loop(self) -> None:
         """Run the writer as a task of the running event loop instead of a thread of its own.
 
-        Why: a writer thread shares the process's GIL with the event loop. Each time it came
-        back from Postgres it waited for the loop to let go of the GIL (up to the 5 ms switch
-        interval), so at 1,200 msg/s an append Postgres ran in 0.25 ms took 6-9 ms on the
-        writer's clock, and the loop in turn waited for the writer. On the loop, a batch is
-        decided between two of the loop's callbacks and its append is awaited, not waited for.
+        Why: a writer thread shares the process's GIL with the event loop, so each waits for the
+        other: the writer, back from Postgres, until the loop lets the GIL go (up to the 5 ms
+        switch interval); the loop's callbacks while the writer runs Python. On the loop there is
+        no such hand-over: a batch is decided between two callbacks and its append is awaited.
+        (At 1,200 msg/s a thread's append that Postgres ran in 0.25 ms took 6-9 ms on the
+        writer's clock; on the loop the await still took 7.5 ms, a busy loop and busy cores being
+        most of it. The bench, not that timer, showed the gain: docs/performance.md.)
 
         Conversations not cached (and, for a while after a conflict, those another node
         changed) are loaded on a worker thread first. A batch that needs more of the store to

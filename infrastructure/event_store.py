@@ -175,7 +175,7 @@ class MessagingRecorder(PostgresApplicationRecorder):
                 "   SET LOCAL lock_timeout = '{lock_timeout}s';"
                 # Appends take turns so that commit order is notification order. Not the library's
                 # LOCK TABLE ... EXCLUSIVE: that also waits for autovacuum and ANALYZE of the table
-                # (an append stalled 239 ms behind one under load), and they for it. An advisory
+                # (one append under load took 239 ms while autovacuum worked on the table), and they for it. An advisory
                 # lock keyed by the table serialises appends and nothing else; the INSERT's own
                 # ROW EXCLUSIVE lock still excludes an append of an older body holding EXCLUSIVE.
                 "   PERFORM pg_advisory_xact_lock({namespace}, {events_name}::regclass::oid::int4);"
