@@ -3,12 +3,18 @@ read-your-writes position, end of typing) and the typing gate."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from infrastructure.iteration_batch import IterationBatch
+from infrastructure.redis_mux import Arg, RedisMux
 from projections.ports import AsyncRedis
-from projections.read_your_writes import POSITION_TTL_S, RAISE_POSITION_STEP, write_position_key
+from projections.read_your_writes import POSITION_TTL_S, RAISE_POSITION_FUNCTION, write_position_key
 from projections.relay import TYPING_KEY  # the set the relay keeps of who is typing
 
 RATE_WINDOW_S = 60  # RATE_LIMIT_PER_MINUTE is per minute; a fixed window is simple and fair enough
@@ -17,6 +23,8 @@ TYPING_START_THROTTLE_S = 3  # at most one "started typing" per user and convers
 TYPING_EXPIRY_S = 6  # clients refresh every 3 s; two missed refreshes mean they stopped
 TYPING_EXPIRIES_KEY = "typing:expiries"
 
+log = logging.getLogger(__name__)
+
 _POP_EXPIRED = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
@@ -24,29 +32,43 @@ return due
 """
 
 
-# Before the commit, one call: a quick retry gets the ack already sent (the seed's dedup key),
-# anything else counts against the sender's window (INCR; the first hit starts the window:
-# EXPIRE NX needs Redis 7, this works on 6.2).
+# Before the commit: a quick retry gets the ack already sent (the seed's dedup key), anything
+# else counts against the sender's window (INCR; the first hit starts the window: EXPIRE NX needs
+# Redis 7, this works on 6.2). One call for every send of an event-loop iteration: KEYS are
+# (dedup, counter) pairs, ARGV[1] the window, ARGV[1 + i] '1' when send i has a client id.
 _ADMIT = """
-if ARGV[1] == '1' then
-  local cached = redis.call('GET', KEYS[1])
-  if cached then return {1, cached} end
+local answers = {}
+for i = 1, #KEYS / 2 do
+  local cached = false
+  if ARGV[i + 1] == '1' then cached = redis.call('GET', KEYS[2 * i - 1]) end
+  if cached then
+    answers[i] = {1, cached}
+  else
+    local count = redis.call('INCR', KEYS[2 * i])
+    if count == 1 then redis.call('EXPIRE', KEYS[2 * i], ARGV[1]) end
+    answers[i] = {0, count}
+  end
 end
-local count = redis.call('INCR', KEYS[2])
-if count == 1 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
-return {0, count}
+return answers
 """
 
-# After the commit, one call: raise the sender's write position for read-your-writes (keep the
-# larger: two devices may finish out of order), end their typing, remember the ack for retries.
+# After the commit: raise the sender's write position for read-your-writes (keep the larger: two
+# devices may finish out of order), end their typing, remember the ack for retries. One call for
+# the sends of an iteration: KEYS[1] the typing expiries, then (position, typing throttle, dedup)
+# per send; ARGV[1] and ARGV[2] the TTLs, then (position or '', typing member, ack or '') per send.
 _RECORD = (
-    "if ARGV[1] ~= '' then\n"
-    + RAISE_POSITION_STEP
-    + """end
-redis.call('ZREM', KEYS[2], ARGV[3])
-redis.call('DEL', KEYS[3])
-if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[5]) end
-return 1
+    RAISE_POSITION_FUNCTION
+    + """
+local answers = {}
+for i = 1, (#KEYS - 1) / 3 do
+  local key, arg = 3 * i - 1, 3 * i
+  if ARGV[arg] ~= '' then raise_position(KEYS[key], ARGV[arg], ARGV[1]) end
+  redis.call('ZREM', KEYS[1], ARGV[arg + 1])
+  redis.call('DEL', KEYS[key + 1])
+  if ARGV[arg + 2] ~= '' then redis.call('SET', KEYS[key + 2], ARGV[arg + 2], 'EX', ARGV[2]) end
+  answers[i] = 1
+end
+return answers
 """
 )
 
@@ -75,44 +97,82 @@ class Admission:
     allowed: bool  # False: over RATE_LIMIT_PER_MINUTE
 
 
+@dataclass(frozen=True)
+class _Send:
+    conversation_id: str
+    sender_id: str
+    client_message_id: str | None
+
+
+@dataclass(frozen=True)
+class _Record:
+    conversation_id: str
+    sender_id: str
+    position: int | None
+    client_message_id: str | None
+    ack: str | None
+
+
 class SendGuard:
-    """The Redis side of sending a message: one round trip before the commit, one after.
+    """The Redis side of sending a message: one script before the commit, one after, each
+    shared by the sends of an event-loop iteration (`IterationBatch`).
 
     Five separate commands per send (dedup, rate limit, write position, typing, dedup again)
-    made Redis the largest cost of a send on the event loop."""
+    made Redis the largest cost of a send on the event loop; one script each per send was
+    still 18% of the loop at 1,000 msg/s (py-spy, docs/performance.md)."""
 
-    def __init__(self, redis: AsyncRedis, per_minute: int) -> None:
+    def __init__(self, redis: RedisMux, per_minute: int) -> None:
         self.per_minute = per_minute
-        self._admit = redis.register_script(_ADMIT)
-        self._record = redis.register_script(_RECORD)
+        self._admit_script = redis.register_script(_ADMIT)
+        self._record_script = redis.register_script(_RECORD)
+        self._admits: IterationBatch[_Send] = IterationBatch(self._admit_all)
+        self._records: IterationBatch[_Record] = IterationBatch(self._record_all)
 
     async def admit(self, conversation_id: str, sender_id: str, client_message_id: str | None) -> Admission:
-        dedup = dedup_key(conversation_id, sender_id, client_message_id) if client_message_id else rate_limit_key(sender_id)
-        hit, value = await self._admit(
-            keys=[dedup, rate_limit_key(sender_id)], args=["1" if client_message_id else "0", RATE_WINDOW_S]
-        )
+        hit, value = await self._admits.add(_Send(conversation_id, sender_id, client_message_id))
         if int(hit):
             return Admission(value.decode() if isinstance(value, bytes) else value, True)
         return Admission(None, int(value) <= self.per_minute)
 
-    async def record(
+    def record(
         self, conversation_id: str, sender_id: str, *, position: int | None, client_message_id: str | None, ack: str | None
     ) -> None:
         """After the commit: the read-your-writes position, the end of the sender's typing, and
-        the ack kept for retries (`ack` is given only with a `client_message_id`)."""
-        member = _typing_member(conversation_id, sender_id)
-        # Without a client id nothing is remembered; the key slot still needs a name.
-        dedup = dedup_key(conversation_id, sender_id, client_message_id) if client_message_id and ack else member
-        await self._record(
-            keys=[write_position_key(sender_id), TYPING_EXPIRIES_KEY, _typing_throttle_key(member), dedup],
-            args=[
-                "" if position is None else position,
-                POSITION_TTL_S,
-                member,
-                ack or "",
-                DEDUP_TTL_S,
-            ],
+        the ack kept for retries (`ack` is given only with a `client_message_id`).
+
+        The caller need not wait: the script is written to the connection before the next
+        iteration handles any I/O, so it reaches Redis ahead of every later call of this node
+        (the read that waits for the sender's writes among them). A failure is logged; the
+        message is committed whatever happens here, and a retry finds it in the event store."""
+        self._records.add(_Record(conversation_id, sender_id, position, client_message_id, ack)).add_done_callback(
+            _log_failed_record
         )
+
+    def _admit_all(self, sends: Sequence[_Send]) -> asyncio.Future[Any]:
+        keys: list[Arg] = []
+        has_client_id: list[Arg] = []
+        for send in sends:
+            counter = rate_limit_key(send.sender_id)
+            # Without a client id there is nothing to look up; the key slot still needs a name.
+            keys += [dedup_key(send.conversation_id, send.sender_id, send.client_message_id) if send.client_message_id else counter, counter]
+            has_client_id.append("1" if send.client_message_id else "0")
+        return self._admit_script.issue(keys, [RATE_WINDOW_S, *has_client_id])
+
+    def _record_all(self, records: Sequence[_Record]) -> asyncio.Future[Any]:
+        keys: list[Arg] = [TYPING_EXPIRIES_KEY]
+        args: list[Arg] = [POSITION_TTL_S, DEDUP_TTL_S]
+        for record in records:
+            member = _typing_member(record.conversation_id, record.sender_id)
+            remembered = record.client_message_id and record.ack
+            dedup = dedup_key(record.conversation_id, record.sender_id, record.client_message_id) if remembered else member
+            keys += [write_position_key(record.sender_id), _typing_throttle_key(member), dedup]
+            args += ["" if record.position is None else record.position, member, (record.ack or "") if remembered else ""]
+        return self._record_script.issue(keys, args)
+
+
+def _log_failed_record(reply: asyncio.Future[Any]) -> None:
+    if not reply.cancelled() and (error := reply.exception()) is not None:
+        log.warning("after a committed send, Redis did not record it (%s); its retries reach the event store", error)
 
 
 # Refresh the expiry; a start goes to the write side only if the user is not already listed as

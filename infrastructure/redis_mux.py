@@ -51,7 +51,11 @@ class _Link(asyncio.Protocol):
             if not self.waiting:  # a reply after the link failed its callers: nobody wants it
                 continue
             future, _ = self.waiting.popleft()
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(ResponseError(str(reply)))
+            else:
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -80,20 +84,56 @@ class _Link(asyncio.Protocol):
 
 
 class MuxScript:
-    """A Lua script called by its SHA1; loaded with EVAL the first time Redis does not know it."""
+    """A Lua script: sent whole (EVAL) once per connection, then called by its SHA1.
+
+    Once per connection rather than on a NOSCRIPT reply: the retry a NOSCRIPT calls for would
+    reach Redis after commands issued meanwhile, and a caller may rely on the order of what it
+    issued (`RedisMux.send`). A NOSCRIPT still retries, for a SCRIPT FLUSH on a live connection."""
 
     def __init__(self, mux: RedisMux, source: str) -> None:
         self.mux = mux
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self._loaded_on: _Link | None = None
 
     async def __call__(self, keys: list[Arg] = (), args: list[Arg] = ()) -> Any:  # type: ignore[assignment]
-        try:
-            return await self.mux.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except ResponseError as error:
-            if not str(error).startswith("NOSCRIPT"):
-                raise
-            return await self.mux.execute("EVAL", self.source, len(keys), *keys, *args)
+        return await self.issue(keys, args)
+
+    def issue(self, keys: list[Arg], args: list[Arg]) -> asyncio.Future[Any]:
+        """The call written now (when connected, see `RedisMux.send`); its reply comes in the
+        returned future."""
+        link = self.mux._live_link()
+        if link is None or link is not self._loaded_on:
+            self._loaded_on = link  # Redis runs it before anything sent after it on this link
+            return self.mux.send("EVAL", self.source, len(keys), *keys, *args)
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        by_sha = self.mux.send("EVALSHA", self.sha, len(keys), *keys, *args)
+
+        def answered(call: asyncio.Future[Any]) -> None:
+            error = None if call.cancelled() else call.exception()
+            if isinstance(error, ResponseError) and str(error).startswith("NOSCRIPT"):
+                _pass_on(self.mux.send("EVAL", self.source, len(keys), *keys, *args), reply)
+            else:
+                _pass_on(call, reply)
+
+        by_sha.add_done_callback(answered)
+        return reply
+
+
+def _pass_on(call: asyncio.Future[Any], into: asyncio.Future[Any]) -> None:
+    """Settle `into` as `call` settles."""
+
+    def settle(done: asyncio.Future[Any]) -> None:
+        if into.done():
+            return
+        if done.cancelled():
+            into.cancel()
+        elif (error := done.exception()) is not None:
+            into.set_exception(error)
+        else:
+            into.set_result(done.result())
+
+    call.add_done_callback(settle)
 
 
 class RedisMux:
@@ -110,10 +150,19 @@ class RedisMux:
 
     async def execute(self, *args: Arg) -> Any:
         link = self._link if self._link is not None and not self._link.lost else await self._connect()
-        reply = await link.send(args)
-        if isinstance(reply, hiredis.ReplyError):
-            raise ResponseError(str(reply))
-        return reply
+        return await link.send(args)
+
+    def _live_link(self) -> _Link | None:
+        link = self._link
+        return link if link is not None and not link.lost else None
+
+    def send(self, *args: Arg) -> asyncio.Future[Any]:
+        """`execute` without a coroutine: on a live connection the command is written before
+        this returns, so it reaches Redis before any command issued after it on this client
+        (a caller may answer its own client without waiting for the reply). Otherwise the
+        call waits for the connection like any other."""
+        link = self._live_link()
+        return link.send(args) if link is not None else asyncio.ensure_future(self.execute(*args))
 
     def register_script(self, source: str) -> MuxScript:
         return MuxScript(self, source)
@@ -164,9 +213,7 @@ class RedisMux:
             replies.append(link.send(("AUTH", username, password) if username else ("AUTH", password)))
         if db:
             replies.append(link.send(("SELECT", db)))
-        for reply in await asyncio.gather(*replies):
-            if isinstance(reply, hiredis.ReplyError):
-                raise ResponseError(str(reply))
+        await asyncio.gather(*replies)  # an error reply raises ResponseError
 
     async def _watch(self) -> None:
         """Drop a link whose oldest call waited past the timeout: FIFO replies cannot skip it."""

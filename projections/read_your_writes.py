@@ -18,14 +18,16 @@ log = logging.getLogger(__name__)
 WAIT_TIMEOUT_S = 5.0  # a healthy projector lags by milliseconds; seconds mean it is down
 POSITION_TTL_S = 300  # after five minutes any live projection has long passed the position
 
-# Keep the larger position: commands from two devices may finish out of order. A Lua step on
-# KEYS[1] (the user's key), ARGV[1] (position) and ARGV[2] (TTL), shared with the send guard.
-RAISE_POSITION_STEP = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+# Keep the larger position: commands from two devices may finish out of order. A Lua function,
+# shared with the send guard's script.
+RAISE_POSITION_FUNCTION = """
+local function raise_position(key, position, ttl)
+  local current = tonumber(redis.call('GET', key) or '0')
+  if tonumber(position) > current then redis.call('SET', key, position, 'EX', ttl)
+  else redis.call('EXPIRE', key, ttl) end
+end
 """
-_RAISE_POSITION = RAISE_POSITION_STEP + "return 1\n"
+_RAISE_POSITION = RAISE_POSITION_FUNCTION + "raise_position(KEYS[1], ARGV[1], ARGV[2])\nreturn 1\n"
 
 
 def write_position_key(user_id: str) -> str:

@@ -93,9 +93,10 @@ async def send_message(session: Session, data: dict[str, Any]) -> dict[str, Any]
     ack = {"message": message_json(result.value)}
     session.connection.note_own_message(ack["message"]["id"])
     if guard is not None:
-        # Read-your-writes position, end of the sender's typing, the ack kept for retries.
+        # Read-your-writes position, end of the sender's typing, the ack kept for retries: on
+        # their way to Redis before this ack leaves, ahead of this node's later calls.
         kept = orjson.dumps(ack).decode() if client_message_id else None  # only a retry can ask for it again
-        await guard.record(cid, session.user, position=result.position, client_message_id=client_message_id, ack=kept)
+        guard.record(cid, session.user, position=result.position, client_message_id=client_message_id, ack=kept)
     else:
         await session.written(result.position)
     return ack

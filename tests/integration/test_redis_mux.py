@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -113,3 +114,63 @@ def test_an_unreachable_redis_is_a_connection_error() -> None:
             await mux.aclose()
 
     asyncio.run(run())
+
+
+def test_a_command_sent_without_awaiting_reaches_redis_before_later_calls(redis_url: str) -> None:
+    key = f"mux-send-{uuid.uuid4().hex}"
+
+    async def run() -> tuple[bytes | None, Any]:
+        mux = RedisMux(redis_url)
+        try:
+            await mux.ping()  # connected: `send` writes at once
+            mux.send("SET", key, "sent")  # nobody awaits its reply
+            value = await mux.get(key)
+            refused = mux.send("NO-SUCH-COMMAND")
+            await asyncio.wait([refused])
+            return value, refused.exception()
+        finally:
+            await mux.aclose()
+
+    value, error = asyncio.run(run())
+    assert value == b"sent"
+    assert isinstance(error, ResponseError)
+
+
+def test_a_command_sent_before_the_connection_exists_waits_for_it(redis_url: str) -> None:
+    async def run() -> Any:
+        mux = RedisMux(redis_url)
+        try:
+            return await mux.send("PING")
+        finally:
+            await mux.aclose()
+
+    assert asyncio.run(run()) == b"PONG"
+
+
+def test_a_script_is_sent_whole_once_per_connection_then_by_its_hash(redis_url: str) -> None:
+    key = f"mux-script-{uuid.uuid4().hex}"
+    admin = redis.Redis.from_url(redis_url)
+
+    async def run() -> tuple[list[Any], list[str]]:
+        mux = RedisMux(redis_url)
+        script = mux.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+        names: list[str] = []
+        send = mux.send
+
+        def named(*args: Any) -> asyncio.Future[Any]:
+            names.append(str(args[0]))
+            return send(*args)
+
+        mux.send = named  # type: ignore[method-assign]
+        try:
+            await mux.ping()
+            replies = [await script(keys=[key], args=[1]), await script(keys=[key], args=[1])]
+            admin.script_flush()  # an operator empties the script cache under a live connection
+            replies.append(await script(keys=[key], args=[1]))
+            return replies, names
+        finally:
+            await mux.aclose()
+
+    replies, names = asyncio.run(run())
+    assert replies == [1, 2, 3]
+    assert names == ["EVAL", "EVALSHA", "EVALSHA", "EVAL"]  # the flush: NOSCRIPT, then whole again
