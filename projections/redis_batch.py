@@ -10,7 +10,7 @@ order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -21,18 +21,25 @@ Arg = str | bytes | int | float
 Command = tuple[Arg, ...]
 
 
-def execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
+def execute(
+    client: redis.Redis, commands: Sequence[Command], *, then: Callable[[], Sequence[Command]] | None = None
+) -> list[Any]:
     """Run `commands` in order on one connection; returns their replies. An error reply raises
-    (the first one) once every reply is read, so the connection stays in step."""
-    if not commands:
+    (the first one) once every reply is read, so the connection stays in step.
+
+    `then` builds more commands once `commands` are written (Redis starts on them meanwhile);
+    they follow on the same connection and their replies come after, in the same read."""
+    if not commands and then is None:
         return []
     pool = client.connection_pool
     connection = pool.get_connection()
     try:
-        connection.send_packed_command([b"".join([hiredis.pack_command(command) for command in commands])])
+        sent = _send(connection, commands)
+        if then is not None:
+            sent += _send(connection, then())
         replies: list[Any] = []
         first_error: ResponseError | None = None
-        for _ in commands:
+        for _ in range(sent):
             try:
                 replies.append(connection.read_response())
             except ResponseError as error:
@@ -46,3 +53,9 @@ def execute(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     if first_error is not None:
         raise first_error
     return replies
+
+
+def _send(connection: Any, commands: Sequence[Command]) -> int:
+    if commands:
+        connection.send_packed_command([b"".join([hiredis.pack_command(command) for command in commands])])
+    return len(commands)

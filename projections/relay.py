@@ -22,7 +22,7 @@ published, and a restarted runner republishes the gap (clients dedupe by id and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -91,10 +91,12 @@ class Relay:
         events: list[tuple[int, Any]],
         changed_messages: dict[UUID, dict[str, Any]] | None = None,
         *,
-        then: Sequence[Command] = (),
+        then: Callable[[], Sequence[Command]] | None = None,
     ) -> list[Any]:
-        """Publish a committed batch, and run `then` (the runner's Redis projection writes)
-        after its frames in the same round trip; returns the replies of `then`.
+        """Publish a committed batch, and run what `then` builds (the runner's Redis projection
+        writes) after its frames in the same round trip; returns the replies of `then`'s
+        commands. `then` is called once the frames are written, so they are on their way while
+        it works (for a message to a large group, an unread count per member).
         `changed_messages` (from `changed_messages`) gives edits and deletions their message
         as it now stands.
 
@@ -117,12 +119,11 @@ class Relay:
         ]
         if events:
             commands.append(("SET", RELAY_POSITION_KEY, events[-1][0]))
-        commands += then
-        replies = redis_batch.execute(self.client, commands)
+        replies = redis_batch.execute(self.client, commands, then=then)
         if lists is None and typing:
             late = [("PUBLISH", channel, envelope) for channel, envelope in _stopped_typing(events, replies[0])]
             redis_batch.execute(self.client, late)
-        return replies[len(replies) - len(then) :]
+        return replies[len(commands) :]
 
     def publish_unread(self, unread_totals: dict[str, int], via: dict[str, str]) -> None:
         """Each user's new unread total, to their devices (after the batch's messages: a

@@ -28,6 +28,7 @@ import psycopg
 
 from projections.ports import EventLog
 from projections import redis_batch
+from projections.redis_batch import Command
 from projections.postgres_projector import TrackingConflictError, apply_statement, fold, raise_conflicts
 from projections.redis_counters import DerivedValues, RedisCounters, unread_keys
 from projections.relay import Relay
@@ -190,8 +191,9 @@ class ProjectionRunner:
         """One transaction per batch, in one round trip: `apply_batch` locks the live generation,
         applies the batch, advances tracking, NOTIFYs, and returns the memberships whose unread
         counts it may have changed, all in the transaction of its call. Read inside it, they are
-        exactly what its commit makes visible. After the commit: publish the live frames and
-        write Redis (one round trip), and queue the new unread counts. The rare further reads
+        exactly what its commit makes visible. After the commit: publish the live frames, derive
+        the Redis projection's values while they travel and write them behind the frames (one
+        round trip), and queue the new unread counts. The rare further reads
         (edited messages for the relay, inbox rows the batch cannot give) come after the
         commit; this runner is the read model's only writer (the tracking row's lock makes it
         so), so they see the same."""
@@ -213,42 +215,49 @@ class ProjectionRunner:
             if self._generation_replaced(work, generation):  # a replay may drop it right after
                 raise TrackingConflictError(f"generation {generation} was replaced") from error
             raise
-        derived: DerivedValues | None = None
-        changed_messages: dict[Any, dict[str, Any]] = {}
-        with work.cursor() as cursor:
-            if counters is not None and keys is not None:
-                derived = counters.derive(cursor, changes, keys, memberships)
-            if relay is not None:
-                changed_messages = relay.changed_messages(cursor, batch)
         self.status.position = changes.position
         self.status.batches += 1
         self.status.events += len(batch)
-        if counters is None or derived is None:
-            if relay is not None:
-                try:
-                    relay.publish(batch, changed_messages)
-                except Exception as error:
+        derived: DerivedValues | None = None
+        totals: dict[str, int] = {}
+
+        def redis_writes(cursor: psycopg.Cursor[Any]) -> list[Command]:
+            """The Redis projection's writes, derived while the live frames travel: for a message
+            to a large group, an unread count per member, which its members should not wait for
+            to see the message itself."""
+            nonlocal derived, totals
+            assert counters is not None and keys is not None
+            derived = counters.derive(cursor, changes, keys, memberships)
+            writes, totals = counters.commands(derived)
+            return writes
+
+        with work.cursor() as cursor:
+            changed_messages = relay.changed_messages(cursor, batch) if relay is not None else {}
+            try:
+                if counters is None or keys is None:
+                    if relay is not None:
+                        relay.publish(batch, changed_messages)
+                    return changes.position
+                # Live frames first, then the Redis projection, in one round trip.
+                if relay is not None:
+                    RedisCounters.check(relay.publish(batch, changed_messages, then=lambda: redis_writes(cursor)))
+                else:
+                    RedisCounters.check(redis_batch.execute(counters.client, redis_writes(cursor)))
+            except psycopg.Error:
+                raise  # deriving read Postgres: the caller reconnects
+            except Exception as error:
+                if counters is None:
                     self._relay_failed(error)
-            return changes.position
-        # Live frames first, then the Redis projection, in one round trip: a message to a large
-        # group changes an unread count per member, and its members should not wait for those
-        # to see the message itself.
-        writes, totals = counters.commands(derived)
-        try:
-            if relay is not None:
-                RedisCounters.check(relay.publish(batch, changed_messages, then=writes))
-            else:
-                RedisCounters.check(redis_batch.execute(counters.client, writes))
-        except Exception as error:
-            # Redis down: Postgres goes on; Redis catches up later, and the relay resumes from
-            # its own position once Redis is back.
-            self._redis_behind = True
-            self._relay_behind = True
-            self.status.last_error = f"redis: {error}"
-            log.warning("Redis projection refresh failed: %s", error)
-            return changes.position
+                    return changes.position
+                # Redis down: Postgres goes on; Redis catches up later, and the relay resumes
+                # from its own position once Redis is back.
+                self._redis_behind = True
+                self._relay_behind = True
+                self.status.last_error = f"redis: {error}"
+                log.warning("Redis projection refresh failed: %s", error)
+                return changes.position
         self.status.redis_position = changes.position
-        if self._unread_pushes is not None and relay is not None and not self._relay_behind:
+        if self._unread_pushes is not None and relay is not None and not self._relay_behind and derived is not None:
             self._unread_pushes.add(totals, derived.via)
         return changes.position
 

@@ -63,7 +63,7 @@ def test_a_batch_of_messages_runs_its_typing_script_and_later_commands_in_one_ro
     subscriber.subscribe(conversation_channel(conversation.id))
     subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)
     try:
-        replies = Relay(client).publish(events, then=[("SET", "after-the-frames", "1"), ("GET", "after-the-frames")])
+        replies = Relay(client).publish(events, then=lambda: [("SET", "after-the-frames", "1"), ("GET", "after-the-frames")])
         client.publish(conversation_channel(conversation.id), END)
         frames = []
         while (message := subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)) is not None and message["data"] != END:
@@ -76,6 +76,32 @@ def test_a_batch_of_messages_runs_its_typing_script_and_later_commands_in_one_ro
     assert [f["event"] for f in frames] == ["message_received", "message_received", "typing_update"]
     assert frames[-1]["data"]["typingUsers"] == []
     assert client.smembers(TYPING_KEY.format(conversation.id)) == set()
+
+
+def test_the_frames_are_on_their_way_while_the_later_commands_are_being_built(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    conversation = Conversation.start(uuid.uuid4(), "alice", ConversationType.GROUP, frozenset({"bob"}))
+    conversation.send_message("alice", uuid.uuid4(), "hello")
+    events = list(enumerate(conversation.collect_events(), start=1))
+    subscriber = client.pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(conversation_channel(conversation.id))
+    subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)
+    received_while_building: list[str] = []
+
+    def later_commands() -> list[Any]:
+        # A message to a large group: the runner derives an unread count per member here.
+        message = subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)
+        if message is not None:
+            received_while_building.append(orjson.loads(orjson.loads(message["data"])["frame"])["event"])
+        return [("SET", "built-after-the-frames", "1")]
+
+    try:
+        replies = Relay(client).publish(events, then=later_commands)
+    finally:
+        subscriber.close()
+
+    assert received_while_building == ["message_received"]
+    assert replies == [b"OK"]
 
 
 def test_unread_totals_with_a_route_share_one_envelope_per_conversation_and_the_rest_go_direct(redis_url: str) -> None:
