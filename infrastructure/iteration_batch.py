@@ -27,11 +27,15 @@ class IterationBatch(Generic[Item]):
         self._send_batch = send_batch
         self._items: list[Item] = []
         self._replies: list[asyncio.Future[Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that will send `_items`
 
     def add(self, item: Item) -> asyncio.Future[Any]:
         """Queue `item` for this iteration's call; its own reply comes in the returned future."""
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
+        if loop is not self._loop:  # items left by a loop that closed before sending them
+            _fail(self._replies, RuntimeError("the event loop closed before this call was sent"))
+            self._items, self._replies, self._loop = [], [], loop
         if not self._items:
             loop.call_soon(self._send)
         self._items.append(item)

@@ -92,3 +92,27 @@ def test_a_cancelled_caller_leaves_the_others_their_replies() -> None:
         return await kept
 
     assert asyncio.run(run()) == 4
+
+
+def test_calls_left_unsent_by_a_closed_loop_do_not_hold_up_the_next_loops_calls() -> None:
+    doubler = Doubler()
+    batch: IterationBatch[int] = IterationBatch(doubler)
+    orphans: list[asyncio.Future[Any]] = []
+    first_loop = asyncio.new_event_loop()
+
+    def add_and_stop() -> None:
+        orphans.append(batch.add(1))
+        first_loop.stop()  # ends after this iteration: the send it scheduled never runs
+
+    try:
+        first_loop.call_soon(add_and_stop)
+        first_loop.run_forever()
+    finally:
+        first_loop.close()
+
+    async def run() -> int:
+        return await batch.add(2)
+
+    assert asyncio.run(run()) == 4
+    assert doubler.batches == [[2]]
+    assert isinstance(orphans[0].exception(), RuntimeError)
