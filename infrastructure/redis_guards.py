@@ -154,7 +154,8 @@ class SendGuard:
         for send in sends:
             counter = rate_limit_key(send.sender_id)
             # Without a client id there is nothing to look up; the key slot still needs a name.
-            keys += [dedup_key(send.conversation_id, send.sender_id, send.client_message_id) if send.client_message_id else counter, counter]
+            client_id = send.client_message_id
+            keys += [dedup_key(send.conversation_id, send.sender_id, client_id) if client_id else counter, counter]
             has_client_id.append("1" if send.client_message_id else "0")
         return self._admit_script.issue(keys, [RATE_WINDOW_S, *has_client_id])
 
@@ -163,10 +164,12 @@ class SendGuard:
         args: list[Arg] = [POSITION_TTL_S, DEDUP_TTL_S]
         for record in records:
             member = _typing_member(record.conversation_id, record.sender_id)
-            remembered = record.client_message_id and record.ack
-            dedup = dedup_key(record.conversation_id, record.sender_id, record.client_message_id) if remembered else member
+            client_id = record.client_message_id
+            kept = record.ack if client_id else None  # only a retry with its client id asks for it
+            # Nothing to keep: the dedup key's slot still needs a name (the typing member's).
+            dedup = dedup_key(record.conversation_id, record.sender_id, client_id) if client_id and kept else member
             keys += [write_position_key(record.sender_id), _typing_throttle_key(member), dedup]
-            args += ["" if record.position is None else record.position, member, (record.ack or "") if remembered else ""]
+            args += ["" if record.position is None else record.position, member, kept or ""]
         return self._record_script.issue(keys, args)
 
 

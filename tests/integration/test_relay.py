@@ -63,7 +63,8 @@ def test_a_batch_of_messages_runs_its_typing_script_and_later_commands_in_one_ro
     subscriber.subscribe(conversation_channel(conversation.id))
     subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)
     try:
-        replies = Relay(client).publish(events, then=lambda: [("SET", "after-the-frames", "1"), ("GET", "after-the-frames")])
+        later = [("SET", "after-the-frames", "1"), ("GET", "after-the-frames")]
+        replies = Relay(client).publish(events, then=lambda: later)
         client.publish(conversation_channel(conversation.id), END)
         frames = []
         while (message := subscriber.get_message(timeout=RECEIVE_TIMEOUT_S)) is not None and message["data"] != END:
