@@ -305,7 +305,8 @@ class GroupCommitWriter:
             else:  # a resend (rare: its append fails once more there), the database unreachable...
                 await asyncio.to_thread(self._process, batch)
             return
-        snapshots = self._finish(batch, uow, decided, refused, positions, snapshot=False)
+        snapshots = self._after_save(uow)
+        self._settle_batch(batch, decided, refused, positions)
         if snapshots:
             self._hand_over_settlements()  # the callers need not wait for a cache's write
             await asyncio.to_thread(self._put_snapshots, snapshots)
@@ -389,7 +390,9 @@ class GroupCommitWriter:
             # The in-memory aggregates may now hold unsaved changes: forget them.
             self.cache.evict(uow.touched)
             raise
-        self._finish(batch, uow, decided, refused, positions)
+        # Stored before the callers hear back: a thread's caller is answered at once.
+        self._put_snapshots(self._after_save(uow))
+        self._settle_batch(batch, decided, refused, positions)
 
     def _decide(
         self, batch: list[_Pending], *, sends_assumed_new: bool, offline: bool = False
@@ -422,19 +425,14 @@ class GroupCommitWriter:
             raise
         return uow, decided, refused
 
-    def _finish(
+    def _settle_batch(
         self,
         batch: list[_Pending],
-        uow: UnitOfWork,
         decided: list[tuple[_Pending, Outcome]],
         refused: list[tuple[_Pending, DomainError]],
         positions: dict[int, int],
-        *,
-        snapshot: bool = True,
-    ) -> list[Any]:
-        """After the commit: cache the aggregates, settle every caller; the snapshots due are
-        taken (thread mode) or returned for the caller to store off the loop."""
-        snapshots = self._after_save(uow, put=snapshot)
+    ) -> None:
+        """After the commit: count the batch and settle every caller."""
         self.stats.commands += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         for pending, outcome in decided:
@@ -443,7 +441,6 @@ class GroupCommitWriter:
             self._resolve(pending, CommandResult(outcome.value, position))
         for pending, error in refused:
             self._fail(pending, error)
-        return snapshots
 
     # ---- settling futures ------------------------------------------------------------------
 
@@ -500,22 +497,21 @@ class GroupCommitWriter:
         self.stats.events += len(uow.events)
         return {id(event): position for event, position in zip(uow.events, positions, strict=True)}
 
-    def _after_save(self, uow: UnitOfWork, *, put: bool = True) -> list[Any]:
+    def _after_save(self, uow: UnitOfWork) -> list[Any]:
         """Cache the batch's aggregates; snapshot those that crossed a `SNAPSHOT_INTERVAL`.
-        The snapshots are taken now (the aggregate changes with the next batch) and stored now
-        (`put`) or returned to be stored by the caller."""
+        The snapshots are taken now (the aggregate changes with the next batch) and returned
+        to be stored by the caller."""
         snapshots = []
         for conversation_id, conversation in uow.touched.items():
             self.cache.put(conversation)
             before = uow.versions_before[conversation_id]
             if conversation.version // SNAPSHOT_INTERVAL > before // SNAPSHOT_INTERVAL:
                 snapshots.append(self.app.snapshot_of(conversation))
-        if put and snapshots:
-            self._put_snapshots(snapshots)
-            return []
         return snapshots
 
     def _put_snapshots(self, snapshots: list[Any]) -> None:
+        if not snapshots:
+            return
         try:
             self.app.put_snapshots(snapshots)
         except Exception:  # a snapshot is only a cache: log, never fail the batch

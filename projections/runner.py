@@ -218,37 +218,37 @@ class ProjectionRunner:
         self.status.position = changes.position
         self.status.batches += 1
         self.status.events += len(batch)
-        derived: DerivedValues | None = None
-        totals: dict[str, int] = {}
-
-        def redis_writes(cursor: psycopg.Cursor[Any]) -> list[Command]:
-            """The Redis projection's writes, derived while the live frames travel: for a message
-            to a large group, an unread count per member, which its members should not wait for
-            to see the message itself."""
-            nonlocal derived, totals
-            assert counters is not None and keys is not None
-            derived = counters.derive(cursor, changes, keys, memberships)
-            writes, totals = counters.commands(derived)
-            return writes
-
         with work.cursor() as cursor:
             changed_messages = relay.changed_messages(cursor, batch) if relay is not None else {}
-            try:
-                if counters is None or keys is None:
-                    if relay is not None:
+            if counters is None:
+                if relay is not None:
+                    try:
                         relay.publish(batch, changed_messages)
-                    return changes.position
+                    except Exception as error:
+                        self._relay_failed(error)
+                return changes.position
+            assert keys is not None  # computed whenever counters are
+            derived: DerivedValues | None = None
+            totals: dict[str, int] = {}
+
+            def redis_writes() -> list[Command]:
+                """The Redis projection's writes, derived while the live frames travel: for a
+                message to a large group, an unread count per member, which its members should
+                not wait for to see the message itself."""
+                nonlocal derived, totals
+                derived = counters.derive(cursor, changes, keys, memberships)
+                writes, totals = counters.commands(derived)
+                return writes
+
+            try:
                 # Live frames first, then the Redis projection, in one round trip.
                 if relay is not None:
-                    RedisCounters.check(relay.publish(batch, changed_messages, then=lambda: redis_writes(cursor)))
+                    RedisCounters.check(relay.publish(batch, changed_messages, then=redis_writes))
                 else:
-                    RedisCounters.check(redis_batch.execute(counters.client, redis_writes(cursor)))
+                    RedisCounters.check(redis_batch.execute(counters.client, redis_writes()))
             except psycopg.Error:
                 raise  # deriving read Postgres: the caller reconnects
             except Exception as error:
-                if counters is None:
-                    self._relay_failed(error)
-                    return changes.position
                 # Redis down: Postgres goes on; Redis catches up later, and the relay resumes
                 # from its own position once Redis is back.
                 self._redis_behind = True
@@ -257,7 +257,7 @@ class ProjectionRunner:
                 log.warning("Redis projection refresh failed: %s", error)
                 return changes.position
         self.status.redis_position = changes.position
-        if self._unread_pushes is not None and relay is not None and not self._relay_behind and derived is not None:
+        if self._unread_pushes is not None and relay is not None and derived is not None:
             self._unread_pushes.add(totals, derived.via)
         return changes.position
 
