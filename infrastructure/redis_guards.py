@@ -95,13 +95,13 @@ def _typing_throttle_key(member: str) -> str:
 class Admission:
     cached_ack: str | None  # a retry of a message already sent: answer with this, send nothing
     allowed: bool  # False: over RATE_LIMIT_PER_MINUTE
+    retry_key: str | None  # where `record` keeps the ack for retries (None: no client id)
 
 
 @dataclass(frozen=True)
 class _Send:
-    conversation_id: str
     sender_id: str
-    client_message_id: str | None
+    retry_key: str | None
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class _Record:
     conversation_id: str
     sender_id: str
     position: int | None
-    client_message_id: str | None
+    retry_key: str | None
     ack: str | None
 
 
@@ -129,22 +129,23 @@ class SendGuard:
         self._records: IterationBatch[_Record] = IterationBatch(self._record_all)
 
     async def admit(self, conversation_id: str, sender_id: str, client_message_id: str | None) -> Admission:
-        hit, value = await self._admits.add(_Send(conversation_id, sender_id, client_message_id))
+        retry_key = dedup_key(conversation_id, sender_id, client_message_id) if client_message_id else None
+        hit, value = await self._admits.add(_Send(sender_id, retry_key))
         if int(hit):
-            return Admission(value.decode() if isinstance(value, bytes) else value, True)
-        return Admission(None, int(value) <= self.per_minute)
+            return Admission(value.decode() if isinstance(value, bytes) else value, True, retry_key)
+        return Admission(None, int(value) <= self.per_minute, retry_key)
 
     def record(
-        self, conversation_id: str, sender_id: str, *, position: int | None, client_message_id: str | None, ack: str | None
+        self, conversation_id: str, sender_id: str, *, position: int | None, retry_key: str | None, ack: str | None
     ) -> None:
         """After the commit: the read-your-writes position, the end of the sender's typing, and
-        the ack kept for retries (`ack` is given only with a `client_message_id`).
+        the ack kept for retries under the admission's `retry_key`.
 
         The caller need not wait: the script is written to the connection before the next
         iteration handles any I/O, so it reaches Redis ahead of every later call of this node
         (the read that waits for the sender's writes among them). A failure is logged; the
         message is committed whatever happens here, and a retry finds it in the event store."""
-        self._records.add(_Record(conversation_id, sender_id, position, client_message_id, ack)).add_done_callback(
+        self._records.add(_Record(conversation_id, sender_id, position, retry_key, ack)).add_done_callback(
             _log_failed_record
         )
 
@@ -154,9 +155,8 @@ class SendGuard:
         for send in sends:
             counter = rate_limit_key(send.sender_id)
             # Without a client id there is nothing to look up; the key slot still needs a name.
-            client_id = send.client_message_id
-            keys += [dedup_key(send.conversation_id, send.sender_id, client_id) if client_id else counter, counter]
-            has_client_id.append("1" if send.client_message_id else "0")
+            keys += [send.retry_key or counter, counter]
+            has_client_id.append("1" if send.retry_key else "0")
         return self._admit_script.issue(keys, [RATE_WINDOW_S, *has_client_id])
 
     def _record_all(self, records: Sequence[_Record]) -> asyncio.Future[Any]:
@@ -164,11 +164,9 @@ class SendGuard:
         args: list[Arg] = [POSITION_TTL_S, DEDUP_TTL_S]
         for record in records:
             member = _typing_member(record.conversation_id, record.sender_id)
-            client_id = record.client_message_id
-            kept = record.ack if client_id else None  # only a retry with its client id asks for it
+            kept = record.ack if record.retry_key else None  # only a retry with its client id asks for it
             # Nothing to keep: the dedup key's slot still needs a name (the typing member's).
-            dedup = dedup_key(record.conversation_id, record.sender_id, client_id) if client_id and kept else member
-            keys += [write_position_key(record.sender_id), _typing_throttle_key(member), dedup]
+            keys += [write_position_key(record.sender_id), _typing_throttle_key(member), record.retry_key or member]
             args += ["" if record.position is None else record.position, member, kept or ""]
         return self._record_script.issue(keys, args)
 

@@ -95,8 +95,9 @@ async def send_message(session: Session, data: dict[str, Any]) -> dict[str, Any]
     if guard is not None:
         # Read-your-writes position, end of the sender's typing, the ack kept for retries: on
         # their way to Redis before this ack leaves, ahead of this node's later calls.
-        kept = orjson.dumps(ack).decode() if client_message_id else None  # only a retry can ask for it again
-        guard.record(cid, session.user, position=result.position, client_message_id=client_message_id, ack=kept)
+        retry_key = admission.retry_key
+        kept = orjson.dumps(ack).decode() if retry_key else None  # only a retry can ask for it again
+        guard.record(cid, session.user, position=result.position, retry_key=retry_key, ack=kept)
     else:
         await session.written(result.position)
     return ack

@@ -26,8 +26,8 @@ import time
 import traceback
 from array import array
 from collections import Counter
-from multiprocessing.connection import Connection
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson

@@ -65,7 +65,7 @@ def test_a_retry_admitted_with_other_sends_gets_the_ack_already_sent(redis_url: 
         mux = RedisMux(redis_url)
         guard = SendGuard(mux, per_minute=100)
         try:
-            guard.record(conversation, alice, position=7, client_message_id="c-1", ack=ack)
+            guard.record(conversation, alice, position=7, retry_key=dedup_key(conversation, alice, "c-1"), ack=ack)
             admissions = await asyncio.gather(
                 guard.admit(conversation, bob, "c-1"),  # the same client id from someone else: new
                 guard.admit(conversation, alice, "c-1"),  # a retry
@@ -88,9 +88,9 @@ def test_a_record_nobody_awaits_is_in_redis_for_the_nodes_next_call(redis_url: s
         try:
             await mux.execute("ZADD", TYPING_EXPIRIES_KEY, 1, f"{conversation}|{alice}")
             calls = _counting_scripts(mux)
-            guard.record(conversation, alice, position=41, client_message_id="c-9", ack=ack)
-            guard.record(conversation, alice, position=40, client_message_id=None, ack=None)  # an older one
-            guard.record(conversation, bob, position=42, client_message_id=None, ack=None)
+            guard.record(conversation, alice, position=41, retry_key=dedup_key(conversation, alice, "c-9"), ack=ack)
+            guard.record(conversation, alice, position=40, retry_key=None, ack=None)  # an older one
+            guard.record(conversation, bob, position=42, retry_key=None, ack=None)
             # Read at once, without yielding first: the records are ahead of these on the link.
             positions = await asyncio.gather(mux.get(write_position_key(alice)), mux.get(write_position_key(bob)))
             kept = await mux.get(dedup_key(conversation, alice, "c-9"))
@@ -111,7 +111,7 @@ def test_a_record_redis_refuses_is_logged_and_raises_nowhere(caplog: pytest.LogC
         mux = RedisMux("redis://127.0.0.1:1")  # nothing listens there
         guard = SendGuard(mux, per_minute=100)
         try:
-            guard.record(str(uuid.uuid4()), "alice", position=1, client_message_id=None, ack=None)
+            guard.record(str(uuid.uuid4()), "alice", position=1, retry_key=None, ack=None)
             for _ in range(100):
                 await asyncio.sleep(0.01)
                 if caplog.records:
