@@ -91,7 +91,7 @@ def test_a_record_nobody_awaits_is_in_redis_for_the_nodes_next_call(redis_url: s
             guard.record(conversation, alice, position=41, retry_key=dedup_key(conversation, alice, "c-9"), ack=ack)
             guard.record(conversation, alice, position=40, retry_key=None, ack=None)  # an older one
             guard.record(conversation, bob, position=42, retry_key=None, ack=None)
-            # Read at once, without yielding first: the records are ahead of these on the link.
+            # Read right away, without waiting for the records' reply: they are ahead on the link.
             positions = await asyncio.gather(mux.get(write_position_key(alice)), mux.get(write_position_key(bob)))
             kept = await mux.get(dedup_key(conversation, alice, "c-9"))
             typing = await mux.execute("ZSCORE", TYPING_EXPIRIES_KEY, f"{conversation}|{alice}")
