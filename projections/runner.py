@@ -146,13 +146,15 @@ class ProjectionRunner:
                     self._retry_redis(work, position)
                 if self._relay_behind and not self._redis_behind:
                     self._republish(work, position)
-                push_due_in = self._push_unread()
-                if caught_up:
+                # Commits during that batch (one read covers them all): their frames go out
+                # before the pending unread totals, which then cover them too (`UnreadPushes`).
+                commits_waiting = not caught_up or _drain(control) > 0
+                push_due_in = self._push_unread(hold=commits_waiting)
+                if not commits_waiting:
                     wait = IDLE_WAIT_S if push_due_in is None else min(IDLE_WAIT_S, push_due_in)
                     for _ in control.notifies(timeout=wait, stop_after=1):
                         pass
-                    for _ in control.notifies(timeout=0):  # commits during that batch: one read covers them
-                        pass
+                    _drain(control)
                 batch = self.event_log.read_log(position, self.batch_size)
                 # Short: nothing more was committed when it was read. Commits after it NOTIFY, so
                 # waiting for one costs no read that would come back empty.
@@ -270,15 +272,16 @@ class ProjectionRunner:
         except psycopg.Error:
             return False  # the connection itself failed: the batch's error says why
 
-    def _push_unread(self) -> float | None:
-        """Push the pending unread totals if their interval allows; the seconds until it does."""
+    def _push_unread(self, *, hold: bool) -> float | None:
+        """Push the pending unread totals if their interval allows (and, with `hold`, no waiting
+        commit's frames should go first); the seconds until it does."""
         if self._unread_pushes is None:
             return None
         if self._relay_behind:
             self._unread_pushes.discard()
             return None
         try:
-            return self._unread_pushes.flush()
+            return self._unread_pushes.flush(hold=hold)
         except Exception as error:
             self._relay_failed(error)
             return None
@@ -349,3 +352,8 @@ class ProjectionRunner:
                 changes.position = position
                 self.counters.refresh(cursor, changes)
         self.status.redis_position = position
+
+
+def _drain(control: psycopg.Connection[Any]) -> int:
+    """Consume the commit notifications already received, without waiting; how many there were."""
+    return sum(1 for _ in control.notifies(timeout=0))

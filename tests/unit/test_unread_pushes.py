@@ -1,5 +1,5 @@
 """Unread-count pushes are coalesced per interval, latest total per user (with the route of
-its latest change), first one at once."""
+its latest change), first one at once unless commits are waiting to be projected."""
 
 from __future__ import annotations
 
@@ -59,6 +59,50 @@ def test_changes_within_the_interval_go_out_together_with_each_users_latest_tota
     clock.now += 0.125
     assert pushes.flush() is None
     assert pushed == [{"alice": 1}, {"alice": 3, "bob": 1}]
+
+
+def test_a_due_push_waits_for_waiting_commits_and_then_carries_their_totals(clock: Clock) -> None:
+    pushed = Pushed()
+    pushes = UnreadPushes(pushed, every_s=0.25, max_hold_s=0.125, clock=clock)
+    pushes.add({"alice": 1})
+
+    assert pushes.flush(hold=True) == 0.0  # due, held: the next commit's frames go first
+    assert pushed == []
+    clock.now += 0.0625
+    pushes.add({"alice": 2, "bob": 1})  # that commit's totals
+    assert pushes.flush() is None
+    assert pushed == [{"alice": 2, "bob": 1}]
+
+
+def test_a_push_is_held_for_waiting_commits_only_so_long(clock: Clock) -> None:
+    pushed = Pushed()
+    pushes = UnreadPushes(pushed, every_s=0.25, max_hold_s=0.125, clock=clock)
+    pushes.add({"alice": 1})
+    pushes.flush(hold=True)
+
+    clock.now += 0.0625
+    pushes.add({"alice": 2})
+    assert pushes.flush(hold=True) == 0.0
+    clock.now += 0.0625
+    assert pushes.flush(hold=True) is None  # held 0.125 s: out, though commits still wait
+    assert pushed == [{"alice": 2}]
+
+    pushes.add({"alice": 3})
+    clock.now += 0.25
+    assert pushes.flush(hold=True) == 0.0  # the next push is held afresh
+    assert pushed == [{"alice": 2}]
+
+
+def test_a_push_within_its_interval_is_not_due_whether_or_not_commits_wait(clock: Clock) -> None:
+    pushed = Pushed()
+    pushes = UnreadPushes(pushed, every_s=0.25, clock=clock)
+    pushes.add({"alice": 1})
+    pushes.flush()
+
+    pushes.add({"alice": 2})
+
+    assert pushes.flush(hold=True) == 0.25
+    assert pushed == [{"alice": 1}]
 
 
 def test_nothing_pending_means_nothing_is_due(clock: Clock) -> None:
