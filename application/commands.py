@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from uuid import UUID
+
+from domain.values import message_id_for
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,12 @@ class SendMessage(Command):
     message_type: str = "TEXT"
     parent_message_id: UUID | None = None
     client_message_id: str | None = None
+
+    @cached_property
+    def message_id(self) -> UUID:
+        """The id of the message this command sends (`message_id_for`: a client's retry names
+        the same message). Computed once: a batch's index check and the handler both ask."""
+        return message_id_for(self.conversation_id, self.actor_id, self.client_message_id)
 
 
 @dataclass(frozen=True)

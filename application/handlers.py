@@ -31,7 +31,6 @@ from domain.errors import MessageNotFoundError, NotParticipantError, UnknownPare
 from domain.values import (
     ConversationType,
     conversation_id_for,
-    message_id_for,
     parse_conversation_type,
     parse_message_type,
 )
@@ -65,7 +64,7 @@ def remove_participant(command: RemoveParticipant, uow: UnitOfWork) -> Outcome:
 
 
 def send_message(command: SendMessage, uow: UnitOfWork) -> Outcome:
-    message_id = message_id_for(command.conversation_id, command.actor_id, command.client_message_id)
+    message_id = command.message_id
     if command.client_message_id:
         repeated = uow.message(message_id)
         if repeated is not None:  # a retry: return the message it already created
@@ -168,7 +167,7 @@ def new_message_ids(commands: list[Command]) -> set[Any]:
     """The ids of the messages the batch sends with a clientMessageId. Each is new unless the
     client is resending; the message index's primary key refuses a resend at the append."""
     return {
-        message_id_for(command.conversation_id, command.actor_id, command.client_message_id)
+        command.message_id
         for command in commands
         if isinstance(command, SendMessage) and command.client_message_id
     }

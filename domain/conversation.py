@@ -221,7 +221,10 @@ class Conversation(Aggregate, created_event_name="ConversationStarted"):
         content = normalise_content(content)
         if parent is not None and parent.conversation_id != self.id:
             raise UnknownParentMessageError("parentMessageId names a message of another conversation")
-        self._message_sent(
+        # Triggered directly, not by calling the decorated `_message_sent`: the decorator's
+        # argument coercion was a third of this call, paid by every message (7 us).
+        self.trigger_event(
+            self.MessageSent,
             actor_id=sender_id,
             message_id=message_id,
             seq=self.last_seq + 1,

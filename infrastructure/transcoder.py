@@ -36,8 +36,11 @@ class FastJSONTranscoder(JSONTranscoder):
         kind = type(value)
         if kind is str or kind is int or kind is bool or value is None:
             return value
-        if kind is dict:
-            return {key: self._tag(item) for key, item in value.items()}
+        if kind is dict:  # an event's fields: most are plain, tagged here without a call each
+            return {
+                key: item if (t := type(item)) is str or t is int or t is bool or item is None else self._tag(item)
+                for key, item in value.items()
+            }
         if kind is list or kind is tuple:
             return [self._tag(item) for item in value]
         transcoding = self.types.get(kind)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -70,6 +72,20 @@ class TestNormaliseContent:
     def test_control_characters_inside_the_content_are_refused(self, char: str) -> None:
         with pytest.raises(InvalidContentError):
             normalise_content(f"before{char}after")
+
+    def test_exactly_control_characters_but_tab_and_newline_and_lone_surrogates_are_refused(self) -> None:
+        # Every code point, against Unicode's own categories (Cc: control, Cs: surrogate).
+        for code in range(sys.maxunicode + 1):
+            char = chr(code)
+            category = unicodedata.category(char)
+            forbidden = (category == "Cc" and char not in "\n\t") or category == "Cs"
+            try:
+                normalise_content(f"a{char}b")
+            except InvalidContentError as error:
+                assert forbidden, f"U+{code:04X} was refused"
+                assert f"U+{code:04X}" in str(error)
+            else:
+                assert not forbidden, f"U+{code:04X} was accepted"
 
     @pytest.mark.parametrize("text", ["naïve café", "你好", "emoji 🎉👍", "a — b"], ids=["latin", "cjk", "emoji", "dash"])
     def test_ordinary_unicode_text_is_accepted(self, text: str) -> None:
