@@ -10,8 +10,8 @@ The parent (pool.py) drives it over a pipe, one command at a time, and gets one 
   close      close every socket and exit
 Running counters go to a shared array for the parent's progress line.
 
-Open loop: message n of a step is due at start + n / rate whether or not earlier ones were
-acked, and every latency is measured from that due time, so a stalled server (or a starved
+Open loop: message n of a step is due at start + phase + n / rate whether or not earlier ones
+were acked, and every latency is measured from that due time, so a stalled server (or a starved
 generator) shows up as latency instead of quietly lowering the offered load. How late the
 generator itself was is reported apart (`generator_lag_ms`). Timestamps are
 `time.monotonic_ns()`: CLOCK_MONOTONIC is one clock for every process on a Linux machine, so the
@@ -230,14 +230,14 @@ class Worker:
         step = self.step = Step(command["step"])
         for device in self.devices:
             device.new_step()
-        rate, start_ns = float(command["rate"]), int(command["start_ns"])
+        rate, start_ns, phase_ns = float(command["rate"]), int(command["start_ns"]), int(command.get("phase_ns", 0))
         step.planned = int(rate * command["duration"]) if rate > 0 and self.slots else 0
         interval_ns = 1e9 / rate if rate > 0 else 0.0
         hard_stop = start_ns + int((command["duration"] + SEND_OVERRUN_S) * 1e9)
         n = 0
         while n < step.planned:  # bounded in count (planned) and in time (hard_stop)
             now = time.monotonic_ns()
-            due = start_ns + int(n * interval_ns)
+            due = start_ns + phase_ns + int(n * interval_ns)
             if due > now:
                 await asyncio.sleep((due - now) / 1e9)
                 continue

@@ -2,7 +2,8 @@
 over them) and idle connections.
 
 A traffic step: wait until the read model has caught up, tell every worker to start at the same
-instant with its share of the rate, gather what was acked, hand each worker the messages its
+instant with its share of the rate, each phased so that the workers' sends interleave (see
+`_phases`), gather what was acked, hand each worker the messages its
 devices should get, gather what they got. Correctness is judged per device; latencies are
 pooled over all workers.
 """
@@ -67,8 +68,9 @@ class Traffic:
             start_ns = time.monotonic_ns() + int(START_LEAD_S * NS_PER_S)
             runs = self.pool.request(
                 [
-                    {"op": "run", "step": number, "rate": offered_rate * share, "start_ns": start_ns, "duration": duration}
-                    for share in self._shares()
+                    {"op": "run", "step": number, "rate": offered_rate * share, "start_ns": start_ns,
+                     "phase_ns": phase_ns, "duration": duration}
+                    for share, phase_ns in zip(self._shares(), self._phases(offered_rate), strict=True)
                 ],
                 duration + START_LEAD_S + SEND_OVERRUN_S + ACK_TIMEOUT_S + REPLY_MARGIN_S,
                 progress.tick,
@@ -88,6 +90,17 @@ class Traffic:
     def _shares(self) -> list[float]:
         total = self.plan.total_slots()
         return [len(self.plan.sender_slots(worker)) / total for worker in range(self.plan.workers)]
+
+    def _phases(self, offered_rate: float) -> list[int]:
+        """Each worker's first send, after the common start: worker w of W is w/W of its own
+        interval late. With equal shares the workers' sends then interleave into one schedule
+        of `offered_rate`, a send every 1/rate; started in phase, W workers sent in bursts of W
+        at once (two messages to the same 1,000-member group together, for instance)."""
+        workers = self.plan.workers
+        return [
+            int(worker / workers * NS_PER_S / (offered_rate * share)) if offered_rate > 0 and share > 0 else 0
+            for worker, share in enumerate(self._shares())
+        ]
 
     def _expected(self, acks: list[tuple[Any, ...]]) -> list[list[tuple[str, str, str]]]:
         """Per worker: the acked messages of every conversation one of its users is in."""

@@ -1,0 +1,48 @@
+"""The bench's open-loop schedule: the workers' sends interleave into one stream at the offered
+rate, so a rate of R is a send every 1/R, never W sends at once."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from scripts.bench.plan import Plan, plan_chat, plan_group
+from scripts.bench.scenarios import Traffic
+
+NS_PER_S = 1_000_000_000
+
+
+def traffic(plan: Plan) -> Traffic:
+    # Only the plan matters for the schedule; nothing here talks to a worker or a server.
+    return Traffic("chat", plan, None, None, [], {}, 10.0, 10.0, io.StringIO())  # type: ignore[arg-type]
+
+
+def due_times(traffic: Traffic, rate: float, duration_s: float) -> list[int]:
+    """Every send's due time, from the common start, as the workers compute them (clients.py)."""
+    dues = []
+    for share, phase in zip(traffic._shares(), traffic._phases(rate), strict=True):
+        interval = NS_PER_S / (rate * share)
+        dues += [phase + int(n * interval) for n in range(int(rate * share * duration_s))]
+    return sorted(dues)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])  # equal shares of the 1,000 senders
+def test_two_messages_a_second_to_one_group_are_half_a_second_apart(workers: int) -> None:
+    schedule = due_times(traffic(plan_group("run", None, 1, 1000, workers, 1)), 2.0, 10.0)
+
+    assert len(schedule) == 20
+    gaps = {round((later - earlier) / NS_PER_S, 6) for earlier, later in zip(schedule, schedule[1:])}
+    assert gaps == {0.5}
+
+
+def test_a_chat_rate_is_one_send_every_interval_across_the_workers() -> None:
+    schedule = due_times(traffic(plan_chat("run", 1000, None, 2, 1)), 1000.0, 1.0)
+
+    assert len(schedule) == 1000
+    gaps = [later - earlier for earlier, later in zip(schedule, schedule[1:])]
+    assert min(gaps) >= NS_PER_S // 1000 - 1 and max(gaps) <= NS_PER_S // 1000 + 1
+
+
+def test_a_worker_without_senders_has_no_phase() -> None:
+    assert traffic(plan_group("run", None, 1, 1000, 2, 1))._phases(0.0) == [0, 0]
