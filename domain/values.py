@@ -18,11 +18,15 @@ MAX_CONTENT_CHARS = 4000  # the product limit; also bounds an event row and a WS
 MAX_GROUP_PARTICIPANTS = 5000  # bounds the aggregate's state; a 1,000-member group is the bench's case
 MAX_USER_ID_CHARS = 128  # user ids come from JWT subjects; bound them so state and keys stay small
 ALLOWED_CONTROL_CHARS = frozenset("\n\t")  # multi-line messages and pasted tables are legitimate
-# What content may not hold: control characters (Unicode category Cc, exactly U+0000-U+001F and
-# U+007F-U+009F) other than ALLOWED_CONTROL_CHARS, and lone surrogates (Cs, U+D800-U+DFFF),
-# which are not text and cannot be encoded as UTF-8. One regex scan, not a category lookup per
-# character: that loop was 10 us of every message (docs/performance.md, the tenth session).
-_FORBIDDEN_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+# What content may not hold: control characters (Unicode category Cc: exactly U+0000-U+001F and
+# U+007F-U+009F) other than ALLOWED_CONTROL_CHARS, and lone surrogates (Cs: U+D800-U+DFFF), which
+# are not text and cannot be encoded as UTF-8. One regex scan, not a category lookup per
+# character: that loop took 10 us of a 74-character message (docs/performance.md, the tenth
+# session). A test checks the class against Unicode's categories for every code point.
+_CONTROL_CHARS = [chr(code) for code in (*range(0x00, 0x20), *range(0x7F, 0xA0))]
+_FORBIDDEN_CHARS = re.compile(
+    "[" + "".join(re.escape(char) for char in _CONTROL_CHARS if char not in ALLOWED_CONTROL_CHARS) + "\ud800-\udfff]"
+)
 
 # Deterministic ids: a retried command derives the same id and so hits the same row.
 _ID_NAMESPACE = uuid5(NAMESPACE_URL, "https://loopify.example/messaging")

@@ -16,6 +16,7 @@ from domain.errors import (
     InvalidMessageTypeError,
 )
 from domain.values import (
+    ALLOWED_CONTROL_CHARS,
     MAX_CONTENT_CHARS,
     ConversationType,
     MessageType,
@@ -78,7 +79,7 @@ class TestNormaliseContent:
         for code in range(sys.maxunicode + 1):
             char = chr(code)
             category = unicodedata.category(char)
-            forbidden = (category == "Cc" and char not in "\n\t") or category == "Cs"
+            forbidden = (category == "Cc" and char not in ALLOWED_CONTROL_CHARS) or category == "Cs"
             try:
                 normalise_content(f"a{char}b")
             except InvalidContentError as error:
