@@ -77,6 +77,12 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def due_ns(start_ns: int, phase_ns: int, rate: float, n: int) -> int:
+    """When send n of a worker's step is due: `phase_ns` after the common start, then one every
+    1/rate (the scenario phases the workers so that their sends interleave)."""
+    return start_ns + phase_ns + int(n * (1e9 / rate))
+
+
 class Worker:
     def __init__(self, index: int, pipe: Connection, counters: Any) -> None:
         self.index = index
@@ -230,14 +236,13 @@ class Worker:
         step = self.step = Step(command["step"])
         for device in self.devices:
             device.new_step()
-        rate, start_ns, phase_ns = float(command["rate"]), int(command["start_ns"]), int(command.get("phase_ns", 0))
+        rate, start_ns, phase_ns = float(command["rate"]), int(command["start_ns"]), int(command["phase_ns"])
         step.planned = int(rate * command["duration"]) if rate > 0 and self.slots else 0
-        interval_ns = 1e9 / rate if rate > 0 else 0.0
         hard_stop = start_ns + int((command["duration"] + SEND_OVERRUN_S) * 1e9)
         n = 0
         while n < step.planned:  # bounded in count (planned) and in time (hard_stop)
             now = time.monotonic_ns()
-            due = start_ns + phase_ns + int(n * interval_ns)
+            due = due_ns(start_ns, phase_ns, rate, n)  # planned > 0 only when rate > 0
             if due > now:
                 await asyncio.sleep((due - now) / 1e9)
                 continue

@@ -7,6 +7,7 @@ import io
 
 import pytest
 
+from scripts.bench.clients import due_ns
 from scripts.bench.plan import Plan, plan_chat, plan_group
 from scripts.bench.scenarios import Traffic
 
@@ -19,11 +20,10 @@ def traffic(plan: Plan) -> Traffic:
 
 
 def due_times(traffic: Traffic, rate: float, duration_s: float) -> list[int]:
-    """Every send's due time, from the common start, as the workers compute them (clients.py)."""
+    """Every send's due time, from the common start, as the workers compute them."""
     dues = []
     for share, phase in zip(traffic._shares(), traffic._phases(rate), strict=True):
-        interval = NS_PER_S / (rate * share)
-        dues += [phase + int(n * interval) for n in range(int(rate * share * duration_s))]
+        dues += [due_ns(0, phase, rate * share, n) for n in range(int(rate * share * duration_s))]
     return sorted(dues)
 
 
