@@ -12,8 +12,9 @@ transaction that advances tracking, NOTIFYs the new position (delivered on commi
 what read-your-writes waits for) and returns the memberships whose unread counts changed.
 After the commit, publish the live frames and, in the same Redis round trip after them, write
 the Redis projection; then queue the new unread counts (pushed at most every
-`unread_pushes.PUSH_EVERY_S`, and after the frames of any commits already waiting). When caught up, it sleeps in LISTEN on the event store's
-channel, so a new event is projected within milliseconds.
+`unread_pushes.PUSH_EVERY_S`, and after the frames of any commits already waiting). When
+caught up, it sleeps in LISTEN on the event store's channel, so a new event is projected
+within milliseconds.
 """
 
 from __future__ import annotations
