@@ -12,7 +12,7 @@ transaction that advances tracking, NOTIFYs the new position (delivered on commi
 what read-your-writes waits for) and returns the memberships whose unread counts changed.
 After the commit, publish the live frames and, in the same Redis round trip after them, write
 the Redis projection; then queue the new unread counts (pushed at most every
-`unread_pushes.PUSH_EVERY_S`, and after the frames of any commits already waiting). When
+`unread_pushes.PUSH_EVERY_S` per user, and only in parts while commits are waiting). When
 caught up, it sleeps in LISTEN on the event store's channel, so a new event is projected
 within milliseconds.
 """
@@ -147,10 +147,10 @@ class ProjectionRunner:
                     self._retry_redis(work, position)
                 if self._relay_behind and not self._redis_behind:
                     self._republish(work, position)
-                # Commits during that batch (one read covers them all): their frames go out
-                # before the pending unread totals, which then cover them too (`UnreadPushes`).
+                # Commits during that batch (one read covers them all): a large push then goes
+                # out in parts between their batches, so it never queues their frames behind it.
                 commits_waiting = not caught_up or _drain(control) > 0
-                push_due_in = self._push_unread(hold=commits_waiting)
+                push_due_in = self._push_unread(busy=commits_waiting)
                 if not commits_waiting:
                     wait = IDLE_WAIT_S if push_due_in is None else min(IDLE_WAIT_S, push_due_in)
                     for _ in control.notifies(timeout=wait, stop_after=1):
@@ -273,16 +273,17 @@ class ProjectionRunner:
         except psycopg.Error:
             return False  # the connection itself failed: the batch's error says why
 
-    def _push_unread(self, *, hold: bool) -> float | None:
-        """Push the pending unread totals if their interval allows (and, with `hold`, no waiting
-        commit's frames should go first); the seconds until it does."""
+    def _push_unread(self, *, busy: bool) -> float | None:
+        """Push the unread totals whose users' intervals allow (with `busy`, commits are waiting:
+        only a part, so that their frames are not queued behind it); the seconds until more
+        may go."""
         if self._unread_pushes is None:
             return None
         if self._relay_behind:
             self._unread_pushes.discard()
             return None
         try:
-            return self._unread_pushes.flush(hold=hold)
+            return self._unread_pushes.flush(busy=busy)
         except Exception as error:
             self._relay_failed(error)
             return None

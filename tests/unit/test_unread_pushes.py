@@ -1,5 +1,6 @@
-"""Unread-count pushes are coalesced per interval, latest total per user (with the route of
-its latest change), first one at once unless commits are waiting to be projected."""
+"""Unread-count pushes are coalesced per user: at most one push per user per interval, with
+the latest total (and the route of its latest change); a user not pushed within the interval
+goes at once, and while commits wait a flush pushes only a part."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def clock() -> Clock:
     return Clock()
 
 
-def test_the_first_change_after_a_quiet_interval_is_pushed_at_once(clock: Clock) -> None:
+def test_the_first_change_of_a_user_is_pushed_at_once(clock: Clock) -> None:
     pushed = Pushed()
     pushes = UnreadPushes(pushed, every_s=0.2, clock=clock)
 
@@ -43,66 +44,78 @@ def test_the_first_change_after_a_quiet_interval_is_pushed_at_once(clock: Clock)
     assert pushed == [{"alice": 1}]
 
 
-def test_changes_within_the_interval_go_out_together_with_each_users_latest_total(clock: Clock) -> None:
+def test_a_users_changes_within_their_interval_go_out_once_it_ends_with_the_latest_total(clock: Clock) -> None:
     pushed = Pushed()
     pushes = UnreadPushes(pushed, every_s=0.25, clock=clock)  # binary fractions: exact sums
     pushes.add({"alice": 1})
     pushes.flush()
 
     clock.now += 0.0625
-    pushes.add({"alice": 2, "bob": 1})
+    pushes.add({"alice": 2})
     clock.now += 0.0625
     pushes.add({"alice": 3})
 
-    assert pushes.flush() == 0.125
+    assert pushes.flush() == 0.125  # her interval ends 0.25 s after her push
     assert pushed == [{"alice": 1}]
     clock.now += 0.125
     assert pushes.flush() is None
-    assert pushed == [{"alice": 1}, {"alice": 3, "bob": 1}]
+    assert pushed == [{"alice": 1}, {"alice": 3}]
 
 
-def test_a_due_push_waits_for_waiting_commits_and_then_carries_their_totals(clock: Clock) -> None:
-    pushed = Pushed()
-    pushes = UnreadPushes(pushed, every_s=0.25, max_hold_s=0.125, clock=clock)
-    pushes.add({"alice": 1})
-
-    assert pushes.flush(hold=True) == 0.0  # due, held: the next commit's frames go first
-    assert pushed == []
-    clock.now += 0.0625
-    pushes.add({"alice": 2, "bob": 1})  # that commit's totals
-    assert pushes.flush() is None
-    assert pushed == [{"alice": 2, "bob": 1}]
-
-
-def test_a_push_is_held_for_waiting_commits_only_so_long(clock: Clock) -> None:
-    pushed = Pushed()
-    pushes = UnreadPushes(pushed, every_s=0.25, max_hold_s=0.125, clock=clock)
-    pushes.add({"alice": 1})
-    pushes.flush(hold=True)
-
-    clock.now += 0.0625
-    pushes.add({"alice": 2})
-    assert pushes.flush(hold=True) == 0.0
-    clock.now += 0.0625
-    assert pushes.flush(hold=True) is None  # held 0.125 s: out, though commits still wait
-    assert pushed == [{"alice": 2}]
-
-    pushes.add({"alice": 3})
-    clock.now += 0.25
-    assert pushes.flush(hold=True) == 0.0  # the next push is held afresh
-    assert pushed == [{"alice": 2}]
-
-
-def test_a_push_within_its_interval_is_not_due_whether_or_not_commits_wait(clock: Clock) -> None:
+def test_each_user_has_an_interval_of_their_own(clock: Clock) -> None:
     pushed = Pushed()
     pushes = UnreadPushes(pushed, every_s=0.25, clock=clock)
     pushes.add({"alice": 1})
     pushes.flush()
 
+    clock.now += 0.0625
+    pushes.add({"alice": 2, "bob": 1})  # bob had no push yet: he goes now, alice waits
+
+    assert pushes.flush() == 0.1875
+    assert pushed == [{"alice": 1}, {"bob": 1}]
+    clock.now += 0.1875
+    pushes.add({"bob": 2})  # bob's interval runs 0.0625 s longer than alice's
+    assert pushes.flush() == 0.0625
+    assert pushed == [{"alice": 1}, {"bob": 1}, {"alice": 2}]
+    clock.now += 0.0625
+    assert pushes.flush() is None
+    assert pushed[-1] == {"bob": 2}
+
+
+def test_while_commits_wait_a_flush_pushes_only_a_part_and_the_rest_at_the_next(clock: Clock) -> None:
+    pushed = Pushed()
+    pushes = UnreadPushes(pushed, every_s=0.25, max_while_busy=2, clock=clock)
+    pushes.add({"alice": 1, "bob": 1, "carol": 1, "dave": 1, "erin": 1})
+
+    assert pushes.flush(busy=True) == 0.0  # more are ready: the next flush, after the next batch
+    assert pushes.flush(busy=True) == 0.0
+    assert pushes.flush(busy=True) is None
+    assert pushed == [{"alice": 1, "bob": 1}, {"carol": 1, "dave": 1}, {"erin": 1}]
+
+
+def test_a_flush_with_no_commits_waiting_pushes_everything_ready(clock: Clock) -> None:
+    pushed = Pushed()
+    pushes = UnreadPushes(pushed, every_s=0.25, max_while_busy=2, clock=clock)
+    pushes.add({"alice": 1, "bob": 1, "carol": 1})
+
+    assert pushes.flush(busy=True) == 0.0
+    assert pushes.flush() is None
+    assert pushed == [{"alice": 1, "bob": 1}, {"carol": 1}]
+
+
+def test_a_change_queued_for_the_end_of_an_interval_goes_with_its_latest_total_after_it(clock: Clock) -> None:
+    pushed = Pushed()
+    pushes = UnreadPushes(pushed, every_s=0.25, clock=clock)
+    pushes.add({"alice": 1})
+    pushes.flush()
+    clock.now += 0.0625
     pushes.add({"alice": 2})
 
-    assert pushes.flush(hold=True) == 0.25
-    assert pushed == [{"alice": 1}]
+    clock.now += 0.25  # her interval has ended, but no flush has run since
+    pushes.add({"alice": 3})
+
+    assert pushes.flush() is None
+    assert pushed == [{"alice": 1}, {"alice": 3}]
 
 
 def test_nothing_pending_means_nothing_is_due(clock: Clock) -> None:
@@ -146,9 +159,11 @@ def test_each_total_goes_by_the_route_of_its_latest_change(clock: Clock) -> None
 
     clock.now += 0.0625
     pushes.add({"alice": 2, "bob": 1, "carol": 4}, {"alice": "group", "bob": "group", "carol": "shop"})
-    pushes.add({"bob": 0})  # bob read: his own channel, as the read's total says
+    pushes.add({"alice": 3})  # alice read: her own channel, as the read's total says
+    pushes.add({"bob": 0})  # so did bob
+    pushes.flush()
     clock.now += 0.25
     pushes.flush()
 
-    assert pushed == [{"alice": 1}, {"alice": 2, "bob": 0, "carol": 4}]
-    assert pushed.routes == [{"alice": "group"}, {"alice": "group", "carol": "shop"}]
+    assert pushed == [{"alice": 1}, {"bob": 0, "carol": 4}, {"alice": 3}]
+    assert pushed.routes == [{"alice": "group"}, {"carol": "shop"}, {}]
