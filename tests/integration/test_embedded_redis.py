@@ -92,3 +92,17 @@ def test_the_last_stop_saves_the_data_without_waiting_on_reconnect_retries(tmp_p
         assert redis.Redis.from_url(again.start()).get("kept") == b"yes"
     finally:
         again.stop()
+
+
+def test_the_embedded_server_keeps_its_data_in_the_append_only_file_rewritten_only_once_it_is_large(tmp_path: Path) -> None:
+    embedded = EmbeddedRedis(tmp_path)
+    client = redis.Redis.from_url(embedded.start())
+    try:
+        # Snapshots and rewrites write the whole dataset again in a child process; the
+        # append-only file already keeps every write (fsync once a second).
+        assert client.config_get("save") == {"save": ""}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("auto-aof-rewrite-min-size") == {"auto-aof-rewrite-min-size": str(1 << 30)}
+    finally:
+        client.close()
+        embedded.stop()
