@@ -42,11 +42,15 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, "-c", ENTRY, "serve", "--port", str(self.port), "--role", self.role]
+
     def start(self) -> ServerProcess:
         Path(self.env["LOOPIFY_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", ENTRY, "serve", "--port", str(self.port), "--role", self.role],
+            self.argv,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

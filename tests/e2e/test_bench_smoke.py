@@ -6,9 +6,12 @@ are asserted; timing belongs to the benchmark's own output, never to a test.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from tests.e2e.server_process import ServerProcess, loopify, project_env
+
+CEILING_SERVER = Path(__file__).resolve().parents[2] / "scripts" / "ceiling_server.py"
 
 BENCH_TIMEOUT_S = 55  # a 3 s run plus server start (initdb), setup, drain and stop; under CI's 60 s
 JWT_SECRET = "e2e-secret-bench-0123456789abcdef0123456789abcdef"
@@ -48,6 +51,14 @@ def assert_contract(report: dict) -> None:
     assert set(report["ack_latency_ms"]) == LATENCY
     assert set(report["e2e_latency_ms"]) == LATENCY
     assert set(report["projection_lag_ms"]) == {"p50", "p99"}
+
+
+class CeilingServerProcess(ServerProcess):
+    """scripts/ceiling_server.py: the bench's calibration server, nothing behind its sockets."""
+
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, str(CEILING_SERVER), "--port", str(self.port), "--jwt-secret", JWT_SECRET]
 
 
 class TestBenchSmoke:
@@ -103,3 +114,18 @@ class TestBenchSmoke:
         assert report["events"] >= 3000  # the seeded events plus each conversation's start
         assert report["events_per_s"] > 0 and report["postgres_events_per_s"] > 0
         assert report["passed"]
+
+    def test_the_ceiling_server_carries_a_chat_run_with_every_message_acked_and_delivered_in_order(
+        self, tmp_path: Path
+    ) -> None:
+        server = CeilingServerProcess(project_env(tmp_path / "ceiling")).start()
+        try:
+            report = run_bench(
+                tmp_path, "--url", server.url, "--duration", "2", "--rate", "20", "--users", "4", JWT_SECRET=JWT_SECRET
+            )
+        finally:
+            server.stop()
+
+        assert_contract(report)
+        assert (report["lost"], report["duplicates"], report["out_of_order"]) == (0, 0, 0)
+        assert report["acked"] == report["sent"] == report["delivered"] == 40
