@@ -4,20 +4,21 @@ A message to a 1,000-member group changes 1,000 unread totals. Pushing each one 
 doubles the frames a group message costs (the message frame, then an `unread_count` frame per
 member), on the relay, in Redis and on every node. Totals are absolute, so only a user's latest
 one matters: the changes a user gets within `PUSH_EVERY_S` of their last push become one push
-with the latest total. A user whose last push is older goes out at once, so a lone message's
-count is not delayed.
+with the latest total. A user whose last push is older goes out with the next publish, at once
+after a quiet spell, so a lone message's count is not delayed.
 
 Each user has an interval of their own, not one round for everybody: under steady chat load the
-pushes then go out a few with every batch instead of all together every interval. Rounds sent
-hundreds of frames in one go (at 2,500 msg/s, 500 every 0.2 s), and on a nearly full machine
-that burst set every other message back: send→receive p99 117–220 ms, against 26–51 ms without
-the pushes and 27–33 ms with user intervals (docs/performance.md, the eleventh session).
+pushes then go out a few at a time, at most every `PUBLISH_GAP_S` (a publish is a Redis round
+trip, and one per batch cost 10–15% more server CPU per message at 500–1,000 msg/s). Rounds
+for everybody sent hundreds of frames in one go (at 2,500 msg/s, 500 every 0.2 s), and on a
+nearly full machine that burst set every other message back: send→receive p99 117–220 ms,
+against 26–51 ms without the pushes (docs/performance.md, the eleventh session).
 
 While commits are waiting to be projected (`flush(busy=True)`) a flush pushes at most
 `MAX_TOTALS_WHILE_BUSY` totals and leaves the rest for the next flushes, between the next
 batches: a group message's push is a frame per member, and 1,000 of them ahead of the next
-message's frames delayed it by about 45 ms (the tenth session). The rest always follows after
-the next batch, so a steady stream of commits never starves the badges.
+message's frames delayed it by about 45 ms (the tenth session). The rest follows a part every
+`PUBLISH_GAP_S`, so a steady stream of commits never starves the badges.
 
 Each total may name a conversation to go `via`: one the user is a member of, whose channel
 their node follows. The relay then sends a group's counts as one envelope on that channel
@@ -32,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 
 PUSH_EVERY_S = 0.2  # a badge a fifth of a second late is invisible; the saving is per member
+PUBLISH_GAP_S = 0.02  # between two publishes: a Redis round trip each, not one per batch
 MAX_TOTALS_WHILE_BUSY = 100  # about 5 ms of socket writes on an api node (see the module doc)
 
 Route = tuple[int, str | None]  # (latest total, the conversation it goes through; None: the user's own channel)
@@ -43,11 +45,14 @@ class UnreadPushes:
         publish: Callable[[dict[str, int], dict[str, str]], None],
         *,
         every_s: float = PUSH_EVERY_S,
+        gap_s: float = PUBLISH_GAP_S,
         max_while_busy: int = MAX_TOTALS_WHILE_BUSY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._publish = publish
         self._every_s = every_s
+        self._gap_s = gap_s
+        self._next_publish_at = 0.0
         self._max_while_busy = max_while_busy
         self._clock = clock
         self._ready: dict[str, Route] = {}  # may go now, in the order they changed
@@ -81,9 +86,9 @@ class UnreadPushes:
         self._waiting_until.clear()
 
     def flush(self, *, busy: bool = False) -> float | None:
-        """Push the totals whose users may have one now. Returns the seconds until more may go
-        (0.0: some are ready but were left for the next flush), or None when nothing is
-        pending. A failed publish raises and keeps the totals pending.
+        """Push the totals whose users may have one now, unless the last publish was less than
+        `gap_s` ago. Returns the seconds until more may go, or None when nothing is pending.
+        A failed publish raises and keeps the totals pending.
 
         `busy`: commits are waiting to be projected. Push at most `max_while_busy` totals, so
         that their frames are not queued behind a large push."""
@@ -92,6 +97,8 @@ class UnreadPushes:
         while self._waiting_until and self._waiting_until[0][0] <= now:
             _, user = heapq.heappop(self._waiting_until)
             self._ready[user] = self._waiting.pop(user)
+        if self._ready and now < self._next_publish_at:
+            return self._next_publish_at - now
         if self._ready:
             if busy and len(self._ready) > self._max_while_busy:
                 users = list(itertools.islice(self._ready, self._max_while_busy))
@@ -102,14 +109,17 @@ class UnreadPushes:
                 {user: total for user, (total, _) in zip(users, routes)},
                 {user: cid for user, (_, cid) in zip(users, routes) if cid is not None},
             )
+            self._next_publish_at = now + self._gap_s
             ends = now + self._every_s
             for user in users:
                 del self._ready[user]
                 self._interval_ends.pop(user, None)  # re-inserted last: the dict stays in end order
                 self._interval_ends[user] = ends
         if self._ready:
-            return 0.0
-        return self._waiting_until[0][0] - now if self._waiting_until else None
+            return self._gap_s
+        if not self._waiting_until:
+            return None
+        return max(self._waiting_until[0][0], self._next_publish_at) - now
 
     def _forget_ended(self, now: float) -> None:
         """Drop the intervals that have ended (the oldest first), so the dict holds only the

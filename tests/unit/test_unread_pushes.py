@@ -46,7 +46,7 @@ def test_the_first_change_of_a_user_is_pushed_at_once(clock: Clock) -> None:
 
 def test_a_users_changes_within_their_interval_go_out_once_it_ends_with_the_latest_total(clock: Clock) -> None:
     pushed = Pushed()
-    pushes = UnreadPushes(pushed, every_s=0.25, clock=clock)  # binary fractions: exact sums
+    pushes = UnreadPushes(pushed, every_s=0.25, gap_s=0.0, clock=clock)  # binary fractions: exact sums
     pushes.add({"alice": 1})
     pushes.flush()
 
@@ -84,23 +84,44 @@ def test_each_user_has_an_interval_of_their_own(clock: Clock) -> None:
 
 def test_while_commits_wait_a_flush_pushes_only_a_part_and_the_rest_at_the_next(clock: Clock) -> None:
     pushed = Pushed()
-    pushes = UnreadPushes(pushed, every_s=0.25, max_while_busy=2, clock=clock)
+    pushes = UnreadPushes(pushed, every_s=0.25, gap_s=0.0625, max_while_busy=2, clock=clock)
     pushes.add({"alice": 1, "bob": 1, "carol": 1, "dave": 1, "erin": 1})
 
-    assert pushes.flush(busy=True) == 0.0  # more are ready: the next flush, after the next batch
-    assert pushes.flush(busy=True) == 0.0
+    assert pushes.flush(busy=True) == 0.0625  # more are ready: the next part after the gap
+    clock.now += 0.0625
+    assert pushes.flush(busy=True) == 0.0625
+    clock.now += 0.0625
     assert pushes.flush(busy=True) is None
     assert pushed == [{"alice": 1, "bob": 1}, {"carol": 1, "dave": 1}, {"erin": 1}]
 
 
 def test_a_flush_with_no_commits_waiting_pushes_everything_ready(clock: Clock) -> None:
     pushed = Pushed()
-    pushes = UnreadPushes(pushed, every_s=0.25, max_while_busy=2, clock=clock)
+    pushes = UnreadPushes(pushed, every_s=0.25, gap_s=0.0625, max_while_busy=2, clock=clock)
     pushes.add({"alice": 1, "bob": 1, "carol": 1})
 
-    assert pushes.flush(busy=True) == 0.0
+    pushes.flush(busy=True)
+    clock.now += 0.0625
     assert pushes.flush() is None
     assert pushed == [{"alice": 1, "bob": 1}, {"carol": 1}]
+
+
+def test_publishes_are_at_least_the_gap_apart_and_one_carries_every_user_ready_by_then(clock: Clock) -> None:
+    pushed = Pushed()
+    pushes = UnreadPushes(pushed, every_s=0.25, gap_s=0.0625, clock=clock)
+    pushes.add({"alice": 1})
+    pushes.flush()
+
+    clock.now += 0.015625
+    pushes.add({"bob": 1})  # bob may have a push, but the last publish was just now
+    assert pushes.flush() == 0.046875
+    clock.now += 0.015625
+    pushes.add({"carol": 1})
+    assert pushes.flush() == 0.03125
+    assert pushed == [{"alice": 1}]
+    clock.now += 0.03125
+    assert pushes.flush() is None
+    assert pushed == [{"alice": 1}, {"bob": 1, "carol": 1}]
 
 
 def test_a_change_queued_for_the_end_of_an_interval_goes_with_its_latest_total_after_it(clock: Clock) -> None:
