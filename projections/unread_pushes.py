@@ -75,8 +75,7 @@ class UnreadPushes:
             if ends is None or ends <= now:
                 self._ready[user] = route
                 continue
-            if user not in self._waiting:
-                heapq.heappush(self._waiting_until, (ends, user))
+            heapq.heappush(self._waiting_until, (ends, user))
             self._waiting[user] = route
 
     def discard(self) -> None:

@@ -44,6 +44,17 @@ def run_bench(tmp_path: Path, *args: str, **env: str) -> dict:
     return json.loads(out.read_text())
 
 
+def run_bench_against(server: ServerProcess, tmp_path: Path) -> dict:
+    """Start the server, run 2 s of chat among 4 users against it (`--url`), stop the server."""
+    server.start()
+    try:
+        return run_bench(
+            tmp_path, "--url", server.url, "--duration", "2", "--rate", "20", "--users", "4", JWT_SECRET=JWT_SECRET
+        )
+    finally:
+        server.stop()
+
+
 def assert_contract(report: dict) -> None:
     for key, kind in CONTRACT.items():
         assert key in report, f"missing {key}"
@@ -77,13 +88,8 @@ class TestBenchSmoke:
     def test_against_a_running_server_it_mints_tokens_with_the_given_secret(self, tmp_path: Path) -> None:
         server = ServerProcess(
             project_env(tmp_path / "server", JWT_SECRET=JWT_SECRET, RATE_LIMIT_PER_MINUTE="100000")
-        ).start()
-        try:
-            report = run_bench(
-                tmp_path, "--url", server.url, "--duration", "2", "--rate", "20", "--users", "4", JWT_SECRET=JWT_SECRET
-            )
-        finally:
-            server.stop()
+        )
+        report = run_bench_against(server, tmp_path)
 
         assert_contract(report)
         assert (report["lost"], report["duplicates"], report["out_of_order"]) == (0, 0, 0)
@@ -118,13 +124,7 @@ class TestBenchSmoke:
     def test_the_ceiling_server_carries_a_chat_run_with_every_message_acked_and_delivered_in_order(
         self, tmp_path: Path
     ) -> None:
-        server = CeilingServerProcess(project_env(tmp_path / "ceiling")).start()
-        try:
-            report = run_bench(
-                tmp_path, "--url", server.url, "--duration", "2", "--rate", "20", "--users", "4", JWT_SECRET=JWT_SECRET
-            )
-        finally:
-            server.stop()
+        report = run_bench_against(CeilingServerProcess(project_env(tmp_path / "ceiling")), tmp_path)
 
         assert_contract(report)
         assert (report["lost"], report["duplicates"], report["out_of_order"]) == (0, 0, 0)
