@@ -36,7 +36,8 @@ PUSH_EVERY_S = 0.2  # a badge a fifth of a second late is invisible; the saving 
 PUBLISH_GAP_S = 0.02  # between two publishes: a Redis round trip each, not one per batch
 MAX_TOTALS_WHILE_BUSY = 100  # about 5 ms of socket writes on an api node (see the module doc)
 
-Route = tuple[int, str | None]  # (latest total, the conversation it goes through; None: the user's own channel)
+# (latest total, the conversation it goes through; None: the user's own channel)
+Route = tuple[int, str | None]
 
 
 class UnreadPushes:

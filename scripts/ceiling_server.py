@@ -73,7 +73,8 @@ class Rooms:
 
     def deliver(self, sender: str, conversation_id: str, message: dict[str, Any]) -> None:
         # One encode per fan-out, as the relay does.
-        text = orjson.dumps({"event": "message_received", "data": {"message": message, "conversationId": conversation_id}}).decode()
+        data = {"message": message, "conversationId": conversation_id}
+        text = orjson.dumps({"event": "message_received", "data": data}).decode()
         for member in self.members[conversation_id]:
             if member != sender:
                 for connection in self.sockets[member]:
@@ -124,7 +125,8 @@ def create_app(secret: str) -> Any:
             rooms.sockets[user].discard(connection)
             await connection.stop()
 
-    app = Starlette(routes=[Route("/graphql", graphql, methods=["POST"]), Route("/health", health), WebSocketRoute("/ws", ws)])
+    routes = [Route("/graphql", graphql, methods=["POST"]), Route("/health", health), WebSocketRoute("/ws", ws)]
+    app = Starlette(routes=routes)
     return keep_raw_send(app)
 
 

@@ -94,7 +94,7 @@ def test_the_last_stop_saves_the_data_without_waiting_on_reconnect_retries(tmp_p
         again.stop()
 
 
-def test_the_embedded_server_keeps_its_data_in_the_append_only_file_rewritten_only_once_it_is_large(tmp_path: Path) -> None:
+def test_the_embedded_server_keeps_its_data_in_an_append_only_file_rewritten_only_once_large(tmp_path: Path) -> None:
     embedded = EmbeddedRedis(tmp_path)
     client = redis.Redis.from_url(embedded.start())
     try:
