@@ -34,9 +34,9 @@ REDIS_SERVER_CONFIG = {
     # whole dataset again every 15 s, and on a nearly full machine each one set messages back
     # (docs/performance.md, the eleventh session).
     "save": '""',
-    # A rewrite of the file also writes the whole dataset, in a child that took a core for
-    # 1.3 s; at 3,000 msg/s (about 1.6 KB of file per message) Redis's 64 MB minimum started
-    # one every 16 s. It still starts once the file has doubled since the last rewrite.
+    # A rewrite of the file also writes the whole dataset, in a child that ran 1.2-1.4 s; at
+    # 3,000 msg/s (about 1.6 KB of file per message) Redis's 64 MB minimum started one every
+    # 16 s. It still starts once the file has doubled since the last rewrite.
     "auto-aof-rewrite-min-size": "1gb",
 }
 
