@@ -9,7 +9,7 @@ after a quiet spell, so a lone message's count is not delayed.
 
 Each user has an interval of their own, not one round for everybody: under steady chat load the
 pushes then go out a few at a time, at most every `PUBLISH_GAP_S` (a publish is a Redis round
-trip, and one per batch cost 10–15% more server CPU per message at 500–1,000 msg/s). Rounds
+trip, and one per batch cost 27% more server CPU per message at 500 msg/s, alternated). Rounds
 for everybody sent hundreds of frames in one go (at 2,500 msg/s, 500 every 0.2 s), and on a
 nearly full machine that burst set every other message back: send→receive p99 117–220 ms,
 against 26–51 ms without the pushes (docs/performance.md, the eleventh session).
@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 
 PUSH_EVERY_S = 0.2  # a badge a fifth of a second late is invisible; the saving is per member
 PUBLISH_GAP_S = 0.02  # between two publishes: a Redis round trip each, not one per batch
-MAX_TOTALS_WHILE_BUSY = 100  # about 5 ms of socket writes on an api node (see the module doc)
+MAX_TOTALS_WHILE_BUSY = 100  # a tenth of the 1,000 whose writes took ~45 ms (the module doc)
 
 # (latest total, the conversation it goes through; None: the user's own channel)
 Route = tuple[int, str | None]
@@ -97,29 +97,31 @@ class UnreadPushes:
         while self._waiting_until and self._waiting_until[0][0] <= now:
             _, user = heapq.heappop(self._waiting_until)
             self._ready[user] = self._waiting.pop(user)
-        if self._ready and now < self._next_publish_at:
-            return self._next_publish_at - now
         if self._ready:
-            if busy and len(self._ready) > self._max_while_busy:
-                users = list(itertools.islice(self._ready, self._max_while_busy))
-            else:
-                users = list(self._ready)
-            routes = [self._ready[user] for user in users]
-            self._publish(
-                {user: total for user, (total, _) in zip(users, routes)},
-                {user: cid for user, (_, cid) in zip(users, routes) if cid is not None},
-            )
-            self._next_publish_at = now + self._gap_s
-            ends = now + self._every_s
-            for user in users:
-                del self._ready[user]
-                self._interval_ends.pop(user, None)  # re-inserted last: the dict stays in end order
-                self._interval_ends[user] = ends
-        if self._ready:
-            return self._gap_s
+            if now < self._next_publish_at:
+                return self._next_publish_at - now
+            self._publish_part(now, self._max_while_busy if busy else len(self._ready))
+            if self._ready:
+                return self._gap_s
         if not self._waiting_until:
             return None
         return max(self._waiting_until[0][0], self._next_publish_at) - now
+
+    def _publish_part(self, now: float, most: int) -> None:
+        """Publish the first `most` ready totals (in the order they changed); their users' next
+        intervals start now."""
+        users = list(itertools.islice(self._ready, most))
+        routes = [self._ready[user] for user in users]
+        self._publish(
+            {user: total for user, (total, _) in zip(users, routes)},
+            {user: cid for user, (_, cid) in zip(users, routes) if cid is not None},
+        )
+        self._next_publish_at = now + self._gap_s
+        ends = now + self._every_s
+        for user in users:
+            del self._ready[user]
+            self._interval_ends.pop(user, None)  # re-inserted last: the dict stays in end order
+            self._interval_ends[user] = ends
 
     def _forget_ended(self, now: float) -> None:
         """Drop the intervals that have ended (the oldest first), so the dict holds only the

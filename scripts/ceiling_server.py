@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import uuid
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -35,7 +34,9 @@ from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route, WebSocketRoute  # noqa: E402
 from starlette.websockets import WebSocket, WebSocketDisconnect  # noqa: E402
 
+from application.results import MessageRecord  # noqa: E402
 from infrastructure.jwt_tokens import JwtCodec  # noqa: E402
+from interfaces.serialization import message_json  # noqa: E402
 from interfaces.ws.connection import Connection  # noqa: E402
 from interfaces.ws.protocol import parse_frame  # noqa: E402
 from interfaces.ws.wire import direct_writer, keep_raw_send  # noqa: E402
@@ -55,21 +56,20 @@ class Rooms:
         return conversation_id
 
     def send(self, sender: str, conversation_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        """The new message as the contract's Message JSON (the server's own `message_json`)."""
         self.last_seq[conversation_id] += 1
-        return {
-            "id": str(uuid.uuid4()),
-            "conversationId": conversation_id,
-            "senderId": sender,
-            "content": data["content"],
-            "messageType": "TEXT",
-            "parentMessageId": None,
-            "seq": self.last_seq[conversation_id],
-            "clientMessageId": data.get("clientMessageId"),
-            "createdAt": datetime.now(timezone.utc).isoformat(),
-            "editedAt": None,
-            "deletedAt": None,
-            "deliveryStatus": "SENT",
-        }
+        record = MessageRecord(
+            id=uuid.uuid4(),
+            conversation_id=uuid.UUID(conversation_id),
+            sender_id=sender,
+            content=data["content"],
+            message_type="TEXT",
+            parent_message_id=None,
+            seq=self.last_seq[conversation_id],
+            client_message_id=data.get("clientMessageId"),
+            created_at=datetime.now(timezone.utc),
+        )
+        return message_json(record)
 
     def deliver(self, sender: str, conversation_id: str, message: dict[str, Any]) -> None:
         # One encode per fan-out, as the relay does.
@@ -137,18 +137,14 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--jwt-secret", required=True)
     options = parser.parse_args()
-    started = time.monotonic()
-    try:
-        uvicorn.run(
-            create_app(options.jwt_secret),
-            host="127.0.0.1",  # loopback only: a calibration tool, never a service
-            port=options.port,
-            log_level="warning",
-            ws="websockets-sansio",
-            ws_per_message_deflate=False,  # as `loopify serve`
-        )
-    finally:
-        print(f"ceiling server ran {time.monotonic() - started:.0f} s", file=sys.stderr)
+    uvicorn.run(
+        create_app(options.jwt_secret),
+        host="127.0.0.1",  # loopback only: a calibration tool, never a service
+        port=options.port,
+        log_level="warning",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,  # as `loopify serve`
+    )
     return 0
 
 

@@ -66,11 +66,12 @@ class Traffic:
             self.meter.begin()
             duration, drain = duration_s or self.duration_s, self.drain_timeout_s
             start_ns = time.monotonic_ns() + int(START_LEAD_S * NS_PER_S)
+            shares = self._shares()
             runs = self.pool.request(
                 [
                     {"op": "run", "step": number, "rate": offered_rate * share, "start_ns": start_ns,
                      "phase_ns": phase_ns, "duration": duration}
-                    for share, phase_ns in zip(self._shares(), self._phases(offered_rate), strict=True)
+                    for share, phase_ns in zip(shares, self._phases(offered_rate, shares), strict=True)
                 ],
                 duration + START_LEAD_S + SEND_OVERRUN_S + ACK_TIMEOUT_S + REPLY_MARGIN_S,
                 progress.tick,
@@ -91,15 +92,15 @@ class Traffic:
         total = self.plan.total_slots()
         return [len(self.plan.sender_slots(worker)) / total for worker in range(self.plan.workers)]
 
-    def _phases(self, offered_rate: float) -> list[int]:
+    def _phases(self, offered_rate: float, shares: list[float]) -> list[int]:
         """Each worker's first send, after the common start: worker w of W is w/W of its own
         interval late. With equal shares the workers' sends then interleave into one schedule
         of `offered_rate`, a send every 1/rate; started in phase, W workers sent in bursts of W
         at once (two messages to the same 1,000-member group together, for instance)."""
-        workers = self.plan.workers
+        workers = len(shares)
         return [
             int(worker / workers * NS_PER_S / (offered_rate * share)) if offered_rate > 0 and share > 0 else 0
-            for worker, share in enumerate(self._shares())
+            for worker, share in enumerate(shares)
         ]
 
     def _expected(self, acks: list[tuple[Any, ...]]) -> list[list[tuple[str, str, str]]]:

@@ -22,7 +22,8 @@ def traffic(plan: Plan) -> Traffic:
 def due_times(traffic: Traffic, rate: float, duration_s: float) -> list[int]:
     """Every send's due time, from the common start, as the workers compute them."""
     dues = []
-    for share, phase in zip(traffic._shares(), traffic._phases(rate), strict=True):
+    shares = traffic._shares()
+    for share, phase in zip(shares, traffic._phases(rate, shares), strict=True):
         dues += [due_ns(0, phase, rate * share, n) for n in range(int(rate * share * duration_s))]
     return sorted(dues)
 
@@ -44,5 +45,6 @@ def test_a_chat_rate_is_one_send_every_interval_across_the_workers() -> None:
     assert min(gaps) >= NS_PER_S // 1000 - 1 and max(gaps) <= NS_PER_S // 1000 + 1
 
 
-def test_a_worker_without_senders_has_no_phase() -> None:
-    assert traffic(plan_group("run", None, 1, 1000, 2, 1))._phases(0.0) == [0, 0]
+def test_no_worker_has_a_phase_at_a_rate_of_zero() -> None:
+    group = traffic(plan_group("run", None, 1, 1000, 2, 1))
+    assert group._phases(0.0, group._shares()) == [0, 0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from projections.unread_pushes import UnreadPushes
+from projections.unread_pushes import PUBLISH_GAP_S, UnreadPushes
 
 
 class Clock:
@@ -34,6 +34,16 @@ def clock() -> Clock:
     return Clock()
 
 
+def alice_just_pushed(clock: Clock, *, gap_s: float = PUBLISH_GAP_S) -> tuple[Pushed, UnreadPushes]:
+    """Pushes with a 0.25 s interval per user (binary fractions: exact sums) that have just
+    pushed alice's first total."""
+    pushed = Pushed()
+    pushes = UnreadPushes(pushed, every_s=0.25, gap_s=gap_s, clock=clock)
+    pushes.add({"alice": 1})
+    pushes.flush()
+    return pushed, pushes
+
+
 def test_the_first_change_of_a_user_is_pushed_at_once(clock: Clock) -> None:
     pushed = Pushed()
     pushes = UnreadPushes(pushed, every_s=0.2, clock=clock)
@@ -45,10 +55,7 @@ def test_the_first_change_of_a_user_is_pushed_at_once(clock: Clock) -> None:
 
 
 def test_a_users_changes_within_their_interval_go_out_once_it_ends_with_the_latest_total(clock: Clock) -> None:
-    pushed = Pushed()
-    pushes = UnreadPushes(pushed, every_s=0.25, gap_s=0.0, clock=clock)  # binary fractions: exact sums
-    pushes.add({"alice": 1})
-    pushes.flush()
+    pushed, pushes = alice_just_pushed(clock, gap_s=0.0)
 
     clock.now += 0.0625
     pushes.add({"alice": 2})
@@ -63,10 +70,7 @@ def test_a_users_changes_within_their_interval_go_out_once_it_ends_with_the_late
 
 
 def test_each_user_has_an_interval_of_their_own(clock: Clock) -> None:
-    pushed = Pushed()
-    pushes = UnreadPushes(pushed, every_s=0.25, clock=clock)
-    pushes.add({"alice": 1})
-    pushes.flush()
+    pushed, pushes = alice_just_pushed(clock)
 
     clock.now += 0.0625
     pushes.add({"alice": 2, "bob": 1})  # bob had no push yet: he goes now, alice waits
@@ -107,10 +111,7 @@ def test_a_flush_with_no_commits_waiting_pushes_everything_ready(clock: Clock) -
 
 
 def test_publishes_are_at_least_the_gap_apart_and_one_carries_every_user_ready_by_then(clock: Clock) -> None:
-    pushed = Pushed()
-    pushes = UnreadPushes(pushed, every_s=0.25, gap_s=0.0625, clock=clock)
-    pushes.add({"alice": 1})
-    pushes.flush()
+    pushed, pushes = alice_just_pushed(clock, gap_s=0.0625)
 
     clock.now += 0.015625
     pushes.add({"bob": 1})  # bob may have a push, but the last publish was just now
@@ -125,10 +126,7 @@ def test_publishes_are_at_least_the_gap_apart_and_one_carries_every_user_ready_b
 
 
 def test_a_change_queued_for_the_end_of_an_interval_goes_with_its_latest_total_after_it(clock: Clock) -> None:
-    pushed = Pushed()
-    pushes = UnreadPushes(pushed, every_s=0.25, clock=clock)
-    pushes.add({"alice": 1})
-    pushes.flush()
+    pushed, pushes = alice_just_pushed(clock)
     clock.now += 0.0625
     pushes.add({"alice": 2})
 
