@@ -3,6 +3,7 @@ whom, the message ids that carry a send's due time, and how a device's deliverie
 
 from __future__ import annotations
 
+import gc
 from array import array
 
 import pytest
@@ -135,6 +136,23 @@ class TestDeliveryLedger:
 
         assert record_delivery(next_step, device, delivery("m1", 1), 0) is False
         assert next_step.duplicates == 1
+
+    def test_a_message_two_devices_receive_keeps_its_first_and_last_receipt(self) -> None:
+        step = Step(0)
+        bob, carol = Device("bob", None, frozenset({"c1"})), Device("carol", None, frozenset({"c1"}))
+        record_delivery(step, bob, delivery("m1", 1), 5_000_000)
+        record_delivery(step, carol, delivery("m1", 1), 7_000_000)
+
+        assert step.receipts == {"m1": (5_000_000, 7_000_000)}
+
+    def test_receipts_drop_out_of_the_garbage_collectors_sight(self) -> None:
+        """A long step holds one receipt per message: none of them may lengthen a full collection."""
+        step, device = Step(0), Device("bob", None, frozenset({"c1"}))
+        record_delivery(step, device, delivery("m1", 1), 0)
+        gc.collect()
+
+        assert not gc.is_tracked(step.receipts["m1"])
+        assert not gc.is_tracked(step.receipts) and not gc.is_tracked(device.received)
 
     def test_a_new_message_below_the_highest_seq_is_out_of_order(self) -> None:
         step, device = Step(0), Device("bob", None, frozenset({"c1", "c2"}))
