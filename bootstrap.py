@@ -36,6 +36,7 @@ from application.messaging import MessagingApplication
 from application.service import MessagingService
 from infrastructure.embedded import EmbeddedPostgres, EmbeddedRedis
 from infrastructure.event_store import schema_creation_lock
+from infrastructure.garbage_collection import tune_for_server
 from infrastructure.jwt_tokens import JwtCodec
 from infrastructure.presence import REFRESH_S as PRESENCE_REFRESH_S
 from infrastructure.presence import SWEEP_S as PRESENCE_SWEEP_S
@@ -304,6 +305,7 @@ def _run_projector_process(database_url: str, redis_url: str, stop: Any, status:
     with ExitStack() as stack:
         stack.callback(app.close)
         runner = _projection_runner(stack, app, database_url, redis_url)
+        tune_for_server()
         runner.start()
         stack.callback(runner.stop)
         while not stop.wait(PROJECTOR_STATUS_EVERY_S):
@@ -347,8 +349,10 @@ async def _probe_redis(client: aioredis.Redis) -> bool:
 def _serve(settings: Settings, host: str, port: int, role: str) -> None:
     import uvicorn
 
+    app = create_app(settings, role)
+    tune_for_server()
     uvicorn.run(
-        create_app(settings, role),
+        app,
         host=host,
         port=port,
         log_level="info",
