@@ -21,6 +21,7 @@ due time a sender writes into `clientMessageId` is comparable with a receiver's 
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 import traceback
@@ -161,6 +162,9 @@ class Worker:
                 by_user[user] = device
 
         await asyncio.gather(*(open_one(*spec) for spec in command["devices"]))
+        # The sockets live as long as the run: out of the collector's full passes, which
+        # otherwise walk them all and pause this worker's receipt times (docs/performance.md).
+        gc.freeze()
         self.slots = [(cid, by_user[user]) for cid, user in command["slots"] if user in by_user]
         self.typists = [(cid, by_user[user]) for cid, user in command.get("typists", ()) if user in by_user]
         return {
