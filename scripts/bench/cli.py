@@ -109,7 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max", action="store_true", help="step the rate up until p99 send->receive >= 100 ms or a check fails"
     )
     parser.add_argument("--max-rate", type=float, default=5000.0, help="--max stops after this rate (default 5000)")
-    parser.add_argument("--rate-step", type=float, default=500.0, help="--max increment (default 500 msg/s)")
+    parser.add_argument(
+        "--rate-step",
+        type=float,
+        default=500.0,
+        help="--max increment (default 500 msg/s); half of it once, after the first miss",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of traffic per run or step (default 10)")
     parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to wait for late deliveries (default 10)")
     parser.add_argument("--workers", type=int, help="client processes (default 2)")

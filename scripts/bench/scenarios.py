@@ -196,10 +196,12 @@ def within_target(result: dict[str, Any]) -> bool:
 def search_max(traffic: Traffic, first_rate: float, increment: float, ceiling: float) -> list[dict[str, Any]]:
     """Step the offered rate up from `first_rate` by `increment` while each step meets the target
     (correct and p99 send->receive < 100 ms), up to `ceiling`. A p99 is one slow moment on a
-    shared 2-core box, so a rate that misses is tried once more before the search stops there.
-    When the first rate already misses (twice), halve it until one meets the target (down to
-    MIN_SEARCH_RATE), so a slow server still gets a number. Stops at once on a lost, duplicated
-    or out-of-order message. Returns every step (the result takes the highest passing one)."""
+    shared 2-core box, so a rate that misses is tried once more before the search stops there;
+    then the rate halfway back to the last one that passed is tried, so the answer is found to
+    half an increment. When the first rate already misses (twice), halve it until one meets the
+    target (down to MIN_SEARCH_RATE), so a slow server still gets a number. Stops at once on a
+    lost, duplicated or out-of-order message. Returns every step (the result takes the highest
+    passing one)."""
     steps: list[dict[str, Any]] = []
 
     def attempt(offered: float) -> dict[str, Any]:
@@ -218,6 +220,8 @@ def search_max(traffic: Traffic, first_rate: float, increment: float, ceiling: f
     while result["within_target"] and offered + increment <= ceiling:  # bounded by the ceiling
         offered += increment
         result = attempt(offered)
+    if not result["within_target"] and is_lossless(result):
+        attempt(offered - increment / 2)
     return steps
 
 

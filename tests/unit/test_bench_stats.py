@@ -193,10 +193,16 @@ class ScriptedTraffic:
 
 class TestMaxSearch:
     def test_a_rate_that_misses_once_is_tried_again_and_the_search_goes_on(self) -> None:
-        traffic = ScriptedTraffic({100: [True], 200: [False, True], 300: [False, False]})
+        traffic = ScriptedTraffic({100: [True], 200: [False, True], 300: [False, False], 250: [False, False]})
         steps = search_max(traffic, 100, 100, 1000)  # type: ignore[arg-type]
-        assert traffic.rates == [100, 200, 200, 300, 300]
+        assert traffic.rates == [100, 200, 200, 300, 300, 250, 250]
         assert max(s["offered_rate"] for s in steps if s["within_target"]) == 200
+
+    def test_after_the_first_miss_the_rate_halfway_back_is_tried(self) -> None:
+        traffic = ScriptedTraffic({100: [True], 200: [True], 300: [False, False], 250: [True]})
+        steps = search_max(traffic, 100, 100, 1000)  # type: ignore[arg-type]
+        assert traffic.rates == [100, 200, 300, 300, 250]
+        assert max(s["offered_rate"] for s in steps if s["within_target"]) == 250
 
     def test_the_search_stops_at_the_ceiling(self) -> None:
         traffic = ScriptedTraffic({100: [True], 200: [True]})
