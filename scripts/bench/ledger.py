@@ -52,8 +52,8 @@ class Step:
     e2e_ms: array[float] = field(default_factory=lambda: array("d"))
     # message id -> (first, last) receipt here. Tuples of ints, not lists: the collector stops
     # tracking such a tuple the first time it sees it, so a long step's hundreds of thousands
-    # of receipts never make a worker's full collections longer (a list per receipt did, by
-    # 60-130 ms each in a two-minute run, and the worker's receipt times with them).
+    # of receipts never make a worker's full collections longer (a list per receipt did: 60-130
+    # ms each in a one-minute step at 3,000 msg/s, and the worker's receipt times with them).
     receipts: dict[str, tuple[int, int]] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
