@@ -1,13 +1,16 @@
 """The bench's open-loop schedule: the workers' sends interleave into one stream at the offered
-rate, so a rate of R is a send every 1/R, never W sends at once."""
+rate, so a rate of R is a send every 1/R, never W sends at once; and a step's end, which waits
+for its last deliveries before the reply."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 
 import pytest
 
-from scripts.bench.clients import due_ns
+from scripts.bench.clients import COUNTER_NAMES, SETTLE_S, Worker, due_ns
 from scripts.bench.plan import Plan, plan_chat, plan_group
 from scripts.bench.scenarios import Traffic
 
@@ -48,3 +51,22 @@ def test_a_chat_rate_is_one_send_every_interval_across_the_workers() -> None:
 def test_no_worker_has_a_phase_at_a_rate_of_zero() -> None:
     group = traffic(plan_group("run", None, 1, 1000, 2, 1))
     assert group._phases(0.0, group._shares()) == [0, 0]
+
+
+# ---- the step's end: the reply waits for the last deliveries ------------------------------------
+
+
+def settle_seconds(last_delivery_ns: int) -> float:
+    worker = Worker(0, None, [0] * len(COUNTER_NAMES))  # type: ignore[arg-type]
+    worker.last_delivery_ns = last_delivery_ns
+    began = time.monotonic()
+    asyncio.run(worker._settle())
+    return time.monotonic() - began
+
+
+def test_a_worker_whose_deliveries_have_paused_replies_at_once() -> None:
+    assert settle_seconds(time.monotonic_ns() - int(10 * SETTLE_S * NS_PER_S)) < SETTLE_S
+
+
+def test_a_delivery_just_now_holds_the_reply_until_deliveries_pause() -> None:
+    assert settle_seconds(time.monotonic_ns()) >= SETTLE_S * 0.99
