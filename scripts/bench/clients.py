@@ -282,9 +282,10 @@ class Worker:
 
     async def _settle(self) -> None:
         """Let the step's last deliveries arrive before replying. The reply pickles every ack
-        (360,000 in a two-minute step) in one C call that holds the event loop for a few
-        hundred ms, and deliveries arriving meanwhile were stamped that much late: the last
-        messages of a two-minute step measured 220-390 ms instead of ~10."""
+        of this worker's sends (180,000 in a two-minute step at 3,000 msg/s with two workers)
+        in one C call that holds the event loop for a few hundred ms, and deliveries arriving
+        meanwhile were stamped that much late: the last messages of a two-minute step measured
+        220-390 ms instead of ~10."""
         deadline = time.monotonic_ns() + int(SETTLE_LIMIT_S * 1e9)
         while (now := time.monotonic_ns()) < deadline:  # bounded by SETTLE_LIMIT_S
             quiet_s = (now - self.last_delivery_ns) / 1e9
