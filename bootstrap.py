@@ -347,15 +347,20 @@ async def _probe_redis(client: aioredis.Redis) -> bool:
 
 
 def _serve(settings: Settings, host: str, port: int, role: str) -> None:
+    run_server(create_app(settings, role), host, port)
+
+
+def run_server(app: Any, host: str, port: int, *, log_level: str = "info") -> None:
+    """Serve an ASGI app as `loopify serve` does: the collector tuned for a server process, and
+    the gateway's uvicorn settings (scripts/ceiling_server.py serves its app through this too)."""
     import uvicorn
 
-    app = create_app(settings, role)
     tune_for_server()
     uvicorn.run(
         app,
         host=host,
         port=port,
-        log_level="info",
+        log_level=log_level,
         ws="websockets-sansio",
         ws_max_size=WS_MAX_FRAME_BYTES,
         ws_per_message_deflate=False,  # compression costs 35-45% throughput and 2x memory per socket

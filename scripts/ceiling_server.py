@@ -6,9 +6,9 @@
 
 It is not part of the service and no test uses it in place of one. It answers the bench's
 calls the way `loopify serve` does (the `startConversation` mutation, `/health`, `/ws` with
-`?token=`), with the same uvicorn settings and the same socket path (`Connection`, frames
-written straight to the transport), but a `send_message` touches no Postgres, no Redis and no
-projector: it numbers the message in memory, acks it and hands it to the other member's
+`?token=`), served the same way (`bootstrap.run_server`: the uvicorn and garbage-collector
+settings) and with the same socket path (`Connection`, frames written straight to the
+transport), but a `send_message` touches no Postgres, no Redis and no projector: it numbers the message in memory, acks it and hands it to the other member's
 sockets in the same call. Only the two frames the contract requires of every chat message are
 sent (the ack and `message_received`; no `unread_count`), so the rate the bench reaches here is
 an upper bound for the whole service on the same machine: the load generator and the
@@ -131,20 +131,14 @@ def create_app(secret: str) -> Any:
 
 
 def main() -> int:
-    import uvicorn
+    from bootstrap import run_server
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--jwt-secret", required=True)
     options = parser.parse_args()
-    uvicorn.run(
-        create_app(options.jwt_secret),
-        host="127.0.0.1",  # loopback only: a calibration tool, never a service
-        port=options.port,
-        log_level="warning",
-        ws="websockets-sansio",
-        ws_per_message_deflate=False,  # as `loopify serve`
-    )
+    # Loopback only: a calibration tool, never a service.
+    run_server(create_app(options.jwt_secret), "127.0.0.1", options.port, log_level="warning")
     return 0
 
 
